@@ -1,0 +1,19 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from lbrgm_fast.model import Generator
+
+from reference import NVIDIA_FIXTURES, nvidia_generator
+
+
+@pytest.fixture(params=NVIDIA_FIXTURES)
+def fixture_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny32() -> Generator:
+    return nvidia_generator("tiny32")
