@@ -1,0 +1,512 @@
+"""A reconstruction job: inputs on disk -> restorations in per-input folders.
+
+The CLI builds a `RunOptions` and calls `run_job`; everything else (loading, batching, writing,
+resuming, per-input errors) happens here, on top of the `Reconstructor` API. One bad input
+never stops the others: its error is reported and the job goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from lbrgm_fast.errors import ImageError, UserError
+from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, save_npz, write_json
+from lbrgm_fast.model import Generator
+from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution, infer_factor
+from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.plots import plot_curves
+from lbrgm_fast.reconstruct import TERM_NAMES, Progress, ReconstructionResult, ReconstructionState, Reconstructor
+from lbrgm_fast.runtime import Profiler
+
+Task = Literal["inpaint", "superres", "project"]
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class RunOptions:
+    """Everything `lbrgm-fast run` can be told (see the CLI help for each option)."""
+
+    inputs: list[str]
+    out: Path = Path("lbrgm-out")
+    checkpoint: str | None = None
+    engine: str | None = None
+    task: Task = "inpaint"
+    mask: str | None = None
+    mask_preset: str | None = None
+    invert_mask: bool = False
+    factor: int | None = None
+    kernel: str = "bicubic"
+    degrade: bool = False
+    ground_truth: str | None = None
+    method: str = "lbrgm"
+    preset: str = "authors"
+    steps: int = 2000
+    candidates: int = 100
+    seed: int = 0
+    batch_size: int = 1
+    device: str = "auto"
+    early_stop: str = "auto"
+    log_every: int = 10
+    frames: int = 0
+    vgg16: str | None = None
+    alexnet: str | None = None
+    strict: bool = False
+    overwrite: bool = False
+    resume: bool = False
+    checkpoint_every: int = 100
+
+
+@dataclass
+class InputOutcome:
+    """What happened to one input."""
+
+    name: str
+    source: str
+    folder: Path | None = None
+    status: Literal["done", "failed", "skipped"] = "done"
+    message: str = ""
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float | int | None] = field(default_factory=dict)
+
+
+class Reporter(Protocol):
+    """What the job tells its caller (the CLI renders it; tests can record it)."""
+
+    def note(self, message: str) -> None: ...
+
+    def batch_started(self, names: Sequence[str], steps: int) -> None: ...
+
+    def progress(self, progress: Progress) -> None: ...
+
+    def batch_finished(self) -> None: ...
+
+
+class SilentReporter:
+    def note(self, message: str) -> None:
+        pass
+
+    def batch_started(self, names: Sequence[str], steps: int) -> None:
+        pass
+
+    def progress(self, progress: Progress) -> None:
+        pass
+
+    def batch_finished(self) -> None:
+        pass
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to torch on this machine")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; choose cpu, cuda or auto")
+    return torch.device(name)
+
+
+def versions() -> dict[str, str]:
+    import lbrgm_fast
+
+    return {"lbrgm_fast": lbrgm_fast.__version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Operators and observations
+
+
+def build_operator(options: RunOptions, resolution: int, factor: int | None) -> Operator:
+    """The forward operator for the task (the SR factor comes from the input when not given)."""
+    if options.task == "project":
+        return Identity()
+    if options.task == "superres":
+        assert factor is not None
+        return SuperResolution(factor, kernel=options.kernel)  # type: ignore[arg-type]
+    if options.mask and options.mask_preset:
+        raise UserError("give either --mask or --mask-preset, not both")
+    if options.mask:
+        return Inpainting.from_file(options.mask, resolution=resolution, invert=options.invert_mask)
+    if options.mask_preset:
+        return Inpainting.from_preset(options.mask_preset, resolution)
+    raise UserError("--task inpaint needs --mask FILE or --mask-preset NAME")
+
+
+@dataclass
+class PreparedInput:
+    outcome: InputOutcome
+    observation: torch.Tensor  # [3, h, w] in [0, 1]
+    ground_truth: torch.Tensor | None
+    factor: int | None
+
+
+def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: InputOutcome, mask: torch.Tensor | None) -> PreparedInput:
+    """Load one input as an observation consistent with the operator (raises ImageError)."""
+    gt = None
+    factor = options.factor
+    if options.task == "superres" and not options.degrade:
+        image, notes = load_image(path, size=None, strict=True)
+        side = image.shape[-1]
+        inferred = infer_factor(side, resolution)
+        if factor is not None and factor != inferred:
+            raise ImageError(f"{path}: a {side}x{side} observation is x{inferred} of {resolution} px, but --factor is {factor}")
+        factor = inferred
+        observation = image
+    else:
+        image, notes = load_image(path, size=resolution, strict=options.strict)
+        if options.degrade:
+            gt = image
+            if options.task == "superres":
+                if factor is None:
+                    raise UserError("--degrade with --task superres needs --factor")
+                observation = SuperResolution(factor, kernel=options.kernel)(image[None])[0]  # type: ignore[arg-type]
+            else:
+                observation = image
+        else:
+            observation = image
+        if mask is not None:
+            # Missing pixels are zero in an observation, whatever the user's file holds there.
+            observation = observation * mask[0]
+    if options.ground_truth:
+        gt_path = Path(options.ground_truth)
+        gt_path = gt_path / path.name if gt_path.is_dir() else gt_path
+        gt, gt_notes = load_image(gt_path, size=resolution, strict=options.strict)
+        notes += [f"ground truth: {n}" for n in gt_notes]
+    outcome.notes += notes
+    return PreparedInput(outcome, observation.contiguous(), gt, factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing results
+
+
+def _folder_names(paths: Sequence[Path]) -> list[str]:
+    """Per-input folder names: the file stem, made unique with the parent folder or a counter."""
+    names: list[str] = []
+    for p in paths:
+        name = p.stem
+        if name in names:
+            name = f"{p.parent.name}-{p.stem}"
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    """PSNR in dB of images in [0, 1], optionally over the pixels where `weight` is 1."""
+    sq = (a.float() - b.float()).square()
+    mse = float(sq.mean()) if weight is None else float((sq * weight).sum() / (weight.sum() * a.shape[0]).clamp_min(1))
+    return 10 * math.log10(1 / max(mse, 1e-12))
+
+
+def write_outputs(
+    prepared: PreparedInput,
+    index: int,
+    result: ReconstructionResult,
+    operator: Operator,
+    options: RunOptions,
+    settings: dict,
+    extra_report: dict,
+    lpips: LpipsAlex | None,
+) -> None:
+    """Everything one restored input leaves in its folder (each file atomic)."""
+    folder = prepared.outcome.folder
+    assert folder is not None
+    restored = result.images[index]
+    save_image(folder / "restored.png", restored)
+    save_image(folder / "observation.png", prepared.observation)
+    mask = operator.mask[0].cpu() if isinstance(operator, Inpainting) else None
+    if mask is not None:
+        save_image(folder / "merged.png", mask * prepared.observation + (1 - mask) * restored)
+    z = result.z[index].numpy() if result.z is not None else np.zeros(0, dtype=np.float32)
+    save_npz(folder / "latents.npz", w_plus=result.w_plus[index].numpy(), z=z, step=np.int64(result.best_step[index]))
+    history = {k: v[:, index] if v.ndim == 2 else v for k, v in result.history.items()}
+    if len(history["step"]):
+        curves = {k: history[k] for k in (*TERM_NAMES, "score") if k in history and np.any(history[k] != 0)}
+        plot_curves(history["step"], curves, folder / "curves.png")
+    metrics: dict[str, float | int | None] = {
+        "best_step": result.best_step[index],
+        **{f"final_{k}": float(history[k][-1]) for k in TERM_NAMES if k in history and len(history[k])},
+    }
+    if prepared.ground_truth is not None:
+        gt = prepared.ground_truth
+        metrics["psnr"] = psnr(restored, gt)
+        if mask is not None:
+            metrics["psnr_missing_region"] = psnr(restored, gt, 1 - mask)
+        if lpips is not None:
+            with torch.no_grad():
+                metrics["lpips_alex"] = float(lpips(restored[None] * 2 - 1, gt[None] * 2 - 1)[0])
+    prepared.outcome.metrics = metrics
+    report = {
+        "input": prepared.outcome.source,
+        "status": "done" if result.stopped[index] is None else "stopped",
+        "stopped": result.stopped[index],
+        "notes": prepared.outcome.notes,
+        "seed": options.seed,
+        "early_stop": result.early_stop,
+        "settings": settings,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
+        "metrics": metrics,
+        "timings": result.timings,
+        "history": {k: np.asarray(v).tolist() for k, v in history.items()},
+        "versions": versions(),
+        **extra_report,
+    }
+    write_json(folder / "report.json", report)
+    (folder / STATE_FILE).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume support: one state file per input, sliced out of / stacked into the batch state.
+
+
+def _slice_state(state: ReconstructionState, i: int) -> dict:
+    pick = lambda t: None if t is None else t[i : i + 1].detach().cpu().clone()  # noqa: E731
+    optim = {
+        "state": {k: {n: (v.cpu().clone() if v.ndim == 0 else pick(v)) for n, v in st.items()} for k, st in state.optimizer.get("state", {}).items()},
+        "param_groups": state.optimizer.get("param_groups", []),
+    }
+    return {
+        "step": state.step, "w_plus": pick(state.w_plus), "z": pick(state.z), "optimizer": optim,
+        "best_w_plus": pick(state.best_w_plus), "best_z": pick(state.best_z), "best_score": pick(state.best_score),
+        "best_step": pick(state.best_step), "alive": pick(state.alive), "history_steps": list(state.history_steps),
+        "history": [h[:, i : i + 1].detach().cpu().clone() for h in state.history],
+    }
+
+
+def _stack_states(parts: list[dict]) -> ReconstructionState:
+    cat = lambda key: None if parts[0][key] is None else torch.cat([p[key] for p in parts])  # noqa: E731
+    first = parts[0]["optimizer"]
+    optim = {
+        "state": {
+            k: {n: (v if v.ndim == 0 else torch.cat([p["optimizer"]["state"][k][n] for p in parts])) for n, v in st.items()}
+            for k, st in first["state"].items()
+        },
+        "param_groups": first["param_groups"],
+    }
+    history = [torch.cat([p["history"][t] for p in parts], dim=1) for t in range(len(parts[0]["history"]))]
+    return ReconstructionState(
+        step=parts[0]["step"], w_plus=cat("w_plus"), z=cat("z"), optimizer=optim, best_w_plus=cat("best_w_plus"),
+        best_z=cat("best_z"), best_score=cat("best_score"), best_step=cat("best_step"), alive=cat("alive"),
+        history_steps=list(parts[0]["history_steps"]), history=history,
+    )
+
+
+def _load_state(path: Path) -> dict | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged state file only means starting over
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Models:
+    """What a job needs loaded once: the generator, φ and (optionally) the LPIPS monitor."""
+
+    generator: Generator
+    perceptual: VGG16Features | None
+    monitor: LpipsAlex | None
+    source: dict
+    notes: list[str] = field(default_factory=list)
+
+
+def load_models(options: RunOptions, device: torch.device, need_monitor: bool) -> Models:
+    """Load the generator (checkpoint or engine plan), VGG16 for φ and AlexNet for the monitor."""
+    from lbrgm_fast.checkpoints import read_checkpoint
+    from lbrgm_fast.model import Generator
+    from lbrgm_fast.weights import load_state_dict_file, resolve_weights
+
+    if bool(options.checkpoint) == bool(options.engine):
+        raise UserError("give exactly one of --checkpoint CKPT or --engine PLAN")
+    notes: list[str] = []
+    if options.engine:
+        from lbrgm_fast.plan import read_plan
+
+        plan = read_plan(options.engine)
+        generator, perceptual, monitor = plan.generator(), plan.perceptual(), plan.monitor() if need_monitor else None
+        source = {"engine": str(options.engine), "source_sha256": plan.manifest["source_sha256"]}
+    else:
+        ckpt = read_checkpoint(options.checkpoint)  # type: ignore[arg-type]
+        generator = Generator(ckpt.config)
+        generator.load_state_dict(ckpt.state_dict, strict=True)
+        source = {"checkpoint": str(options.checkpoint), "checkpoint_sha256": ckpt.sha256, "checkpoint_format": ckpt.format}
+        if not ckpt.has_w_avg:
+            notes.append("the checkpoint has no w_avg; it was estimated from 10,000 mapping samples")
+        perceptual = VGG16Features.from_torchvision_state_dict(load_state_dict_file(resolve_weights("vgg16", options.vgg16)))
+        monitor = None
+        if need_monitor:
+            try:
+                monitor = LpipsAlex.from_torchvision_state_dict(load_state_dict_file(resolve_weights("alexnet", options.alexnet)))
+            except UserError as exc:
+                if options.early_stop == "oracle":
+                    raise
+                notes.append(f"no LPIPS(alex) monitor ({exc}); early stopping by held-out pixels instead")
+    generator = generator.to(device).eval().requires_grad_(False)
+    perceptual = None if perceptual is None else perceptual.to(device)
+    monitor = None if monitor is None else monitor.to(device)
+    return Models(generator, perceptual, monitor, source, notes)
+
+
+def run_job(
+    options: RunOptions,
+    reporter: Reporter | None = None,
+    models: Models | None = None,
+) -> list[InputOutcome]:
+    """Restore every input of `options`; returns one outcome per input (never raises for a bad input).
+
+    Raises UserError only for problems that concern the whole job (no checkpoint, bad options).
+    """
+    reporter = reporter or SilentReporter()
+    if options.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if options.task not in ("inpaint", "superres", "project"):
+        raise UserError(f"unknown task {options.task!r}; choose inpaint, superres or project")
+    device = choose_device(options.device)
+    paths, problems = find_inputs(options.inputs)
+    outcomes = [InputOutcome(name=p, source=p, status="failed", message=p) for p in problems]
+    if not paths:
+        if not outcomes:
+            raise UserError("no inputs given")
+        return outcomes
+    need_monitor = bool(options.ground_truth or options.degrade) and options.early_stop in ("auto", "oracle")
+    profiler = Profiler(device)
+    with profiler.phase("load"):
+        models = models or load_models(options, device, need_monitor)
+    for n in models.notes:
+        reporter.note(n)
+    resolution = models.generator.img_resolution
+    shared_operator = None if options.task == "superres" else build_operator(options, resolution, None)
+    mask = shared_operator.mask.cpu() if isinstance(shared_operator, Inpainting) else None
+
+    prepared: list[PreparedInput] = []
+    for path, name in zip(paths, _folder_names(paths)):
+        outcome = InputOutcome(name=name, source=str(path), folder=options.out / name)
+        outcomes.append(outcome)
+        assert outcome.folder is not None
+        if (outcome.folder / "report.json").exists() and not options.overwrite:
+            outcome.status, outcome.message = "skipped", f"{outcome.folder} already holds a result (use --overwrite to replace it)"
+            continue
+        if (outcome.folder / STATE_FILE).exists() and not (options.resume or options.overwrite):
+            outcome.status = "skipped"
+            outcome.message = f"{outcome.folder} holds an interrupted run (use --resume to continue it or --overwrite to restart)"
+            continue
+        try:
+            with profiler.phase("io"):
+                prepared.append(prepare_input(path, options, resolution, outcome, mask))
+        except UserError as exc:
+            outcome.status, outcome.message = "failed", str(exc)
+
+    # Batches share one operator: group super-resolution inputs by factor, resumed ones by step.
+    def group_key(p: PreparedInput) -> tuple[int | None, int]:
+        state = _load_state(p.outcome.folder / STATE_FILE) if options.resume else None  # type: ignore[operator]
+        return p.factor, (state or {}).get("step", 0)
+
+    groups: dict[tuple[int | None, int], list[PreparedInput]] = {}
+    for p in prepared:
+        groups.setdefault(group_key(p), []).append(p)
+    for (factor, _), members in groups.items():
+        operator = shared_operator or build_operator(options, resolution, factor)
+        for start in range(0, len(members), options.batch_size):
+            _run_batch(members[start : start + options.batch_size], operator, options, models, reporter, profiler)
+    return outcomes
+
+
+def _run_batch(
+    batch: list[PreparedInput],
+    operator: Operator,
+    options: RunOptions,
+    models: Models,
+    reporter: Reporter,
+    profiler: Profiler,
+) -> None:
+    has_gt = all(p.ground_truth is not None for p in batch)
+    rec = Reconstructor(
+        models.generator,
+        models.perceptual,
+        method=options.method,
+        preset=options.preset,
+        steps=options.steps,
+        candidates=options.candidates,
+        log_every=options.log_every,
+        early_stop=options.early_stop,  # type: ignore[arg-type]
+        monitor=models.monitor if has_gt else None,
+        profiler=profiler,
+    )
+    folders = [p.outcome.folder for p in batch]
+    for f in folders:
+        f.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+    resume = None
+    if options.resume:
+        parts = [_load_state(f / STATE_FILE) for f in folders]  # type: ignore[operator]
+        if all(p is not None for p in parts):
+            resume = _stack_states(parts)  # type: ignore[arg-type]
+            reporter.note(f"resuming {', '.join(p.outcome.name for p in batch)} at step {resume.step}")
+
+    def save_states(state: ReconstructionState) -> None:
+        for i, f in enumerate(folders):
+            part = _slice_state(state, i)
+            atomic_write(f / STATE_FILE, lambda fh, part=part: torch.save(part, fh))  # type: ignore[operator]
+
+    frames: list[list[torch.Tensor]] = [[] for _ in batch]
+
+    def on_progress(progress: Progress) -> None:
+        reporter.progress(progress)
+        if options.frames and progress.images is not None and progress.step % options.frames == 0:
+            for i, img in enumerate(progress.images.cpu()):
+                frames[i].append(((img.float() + 1) / 2).clamp(0, 1))
+
+    observation = torch.stack([p.observation for p in batch])
+    ground_truth = torch.stack([p.ground_truth for p in batch]) if has_gt else None  # type: ignore[misc]
+    reporter.batch_started([p.outcome.name for p in batch], options.steps)
+    started = time.perf_counter()
+    try:
+        result = rec.run(
+            observation, operator, ground_truth=ground_truth, seed=options.seed, resume=resume,
+            on_progress=on_progress, on_checkpoint=save_states, checkpoint_every=options.checkpoint_every,
+        )
+    except UserError as exc:
+        for p in batch:
+            p.outcome.status, p.outcome.message = "failed", str(exc)
+        return
+    except torch.OutOfMemoryError:
+        for p in batch:
+            p.outcome.status = "failed"
+            p.outcome.message = f"out of memory with --batch-size {options.batch_size}; try a smaller batch size"
+        return
+    finally:
+        reporter.batch_finished()
+    settings = dataclasses.asdict(rec.settings_for(operator))
+    extra = {**models.source, "operator": operator.describe(), "batch_seconds": round(time.perf_counter() - started, 3)}
+    with profiler.phase("io"):
+        for i, p in enumerate(batch):
+            write_outputs(p, i, result, operator, options, settings, extra, models.monitor)
+            if frames[i]:
+                _write_frames(p.outcome.folder, frames[i])  # type: ignore[arg-type]
+            if result.stopped[i]:
+                p.outcome.status, p.outcome.message = "failed", result.stopped[i]  # type: ignore[assignment]
+
+
+def _write_frames(folder: Path, frames: list[torch.Tensor]) -> None:
+    from PIL import Image
+
+    for k, frame in enumerate(frames):
+        save_image(folder / "frames" / f"{k:04d}.png", frame)
+    pictures = [Image.fromarray((f.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for f in frames]
+    atomic_write(folder / "progress.gif", lambda f: pictures[0].save(f, format="GIF", save_all=True, append_images=pictures[1:], duration=100, loop=0))
+
+
+__all__ = ["InputOutcome", "Models", "Reporter", "RunOptions", "SilentReporter", "load_models", "run_job"]

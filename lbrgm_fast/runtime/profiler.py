@@ -1,0 +1,54 @@
+"""Per-phase wall time and peak memory, recorded by the runtime itself.
+
+Phases nest freely and accumulate: entering "optimise" twice adds both durations. On CUDA the
+device is synchronised at phase boundaries (only there), so a phase's time includes the kernels
+it queued.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+
+def peak_host_memory_bytes() -> int:
+    """Peak resident set size of this process so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+@dataclass
+class Profiler:
+    """Accumulates seconds per named phase; `report()` adds peak host and device memory."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def report(self) -> dict[str, object]:
+        """{"seconds": {phase: s}, "peak_host_memory_bytes": n, "peak_device_memory_bytes": n|None}."""
+        device_peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return {
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "peak_host_memory_bytes": peak_host_memory_bytes(),
+            "peak_device_memory_bytes": device_peak,
+        }

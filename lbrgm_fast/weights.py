@@ -1,0 +1,98 @@
+"""Finding the pretrained backbone files φ and the monitor need (torchvision VGG16, AlexNet).
+
+Lookup order: an explicit path, then torch hub's cache (where torchvision itself keeps them),
+then a download from torchvision's official URL; anything else is one clear
+WeightsNotFoundError saying which file to put where.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from lbrgm_fast.errors import UserError, WeightsNotFoundError
+
+__all__ = ["WEIGHT_FILES", "WeightKind", "cache_path", "load_state_dict_file", "resolve_weights"]
+
+WeightKind = Literal["vgg16", "alexnet"]
+
+# kind -> (file name, official URL, CLI option). The 8 hex digits in each name are the prefix of
+# the file's SHA-256, which torch.hub checks after downloading.
+WEIGHT_FILES: dict[str, tuple[str, str, str]] = {
+    "vgg16": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", "--vgg16"),
+    "alexnet": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "--alexnet"),
+}
+
+
+def _entry(kind: str) -> tuple[str, str, str]:
+    if kind not in WEIGHT_FILES:
+        raise UserError(f"unknown weights kind {kind!r}; valid kinds: {', '.join(WEIGHT_FILES)}")
+    return WEIGHT_FILES[kind]
+
+
+def _hash_prefix(file_name: str) -> str:
+    return file_name.rsplit("-", 1)[1].split(".")[0]
+
+
+def cache_path(kind: WeightKind) -> Path:
+    """Where torch hub (and so torchvision) keeps `kind`'s file: <hub dir>/checkpoints/<name>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / _entry(kind)[0]
+
+
+def resolve_weights(kind: WeightKind, path: str | Path | None = None, download: bool = True) -> Path:
+    """Path of the torchvision weight file for `kind` ("vgg16" or "alexnet").
+
+    Args:
+        kind: Which backbone.
+        path: An explicit file; it must exist (no fallback, so a typo is never masked).
+        download: Allow fetching the official file into the hub cache when it is not there.
+
+    Raises WeightsNotFoundError naming the cache path and the CLI option to use.
+    """
+    name, url, option = _entry(kind)
+    if path is not None:
+        explicit = Path(path).expanduser()
+        if not explicit.is_file():
+            raise WeightsNotFoundError(f"{kind} weights file not found: {explicit}")
+        return explicit
+    cached = cache_path(kind)
+    if cached.is_file():
+        return cached
+    hint = f"put {name} (from {url}) at {cached}, or pass {option} FILE"
+    if not download:
+        raise WeightsNotFoundError(f"{kind} weights not found and downloading is off: {hint}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        # Writes to a temporary file and renames it only after the SHA-256 prefix matched, so
+        # a failed or interrupted download never leaves a bad file in the cache.
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=_hash_prefix(name), progress=False)
+    except Exception as exc:  # offline, proxy, HTTP error, hash mismatch, read-only cache …
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsNotFoundError(f"{kind} weights could not be downloaded ({reason}): {hint}") from None
+    return cached
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a PyTorch state dict safely (`weights_only=True`, on the CPU).
+
+    Raises UserError when the file is not a state dict (corrupt, truncated, a pickled model,
+    or something else entirely); WeightsNotFoundError when it does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file not found: {path}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable PyTorch state dict: {first}") from None
+    if not isinstance(sd, Mapping) or not sd or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
+        raise UserError(f"{path} is not a state dict (expected a mapping of names to tensors)")
+    return dict(sd)
