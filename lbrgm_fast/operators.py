@@ -266,6 +266,12 @@ class Inpainting(Operator):
                 f"mask {path.name} is {_size(h, w)} but the image is "
                 f"{_size(resolution, resolution)}; the mask must be the size of the image"
             )
+        if grey.min() == grey.max():
+            # Otherwise a blank white file would read as "everything missing".
+            raise ImageError(
+                f"mask {path.name} is uniform (every pixel {int(grey.min())}), so no region is "
+                "marked; the darkest value marks missing pixels"
+            )
         missing = grey == grey.min()
         if invert:
             missing = ~missing
@@ -379,7 +385,9 @@ def _check_factor(factor: object) -> int:
         or isinstance(factor, bool)
         or not 2 <= int(factor) <= MAX_FACTOR
     ):
-        raise UserError(f"super-resolution factor must be an integer from 2 to {MAX_FACTOR}, got {factor!r}")
+        raise UserError(
+            f"super-resolution factor must be an integer from 2 to {MAX_FACTOR}, got {factor!r}"
+        )
     return int(factor)
 
 
@@ -395,11 +403,15 @@ class SuperResolution(Operator):
         resolution: If given, checked now (factor must divide it) rather than at first use.
     """
 
-    def __init__(self, factor: int, kernel: SRKernel = "bicubic", resolution: int | None = None) -> None:
+    def __init__(
+        self, factor: int, kernel: SRKernel = "bicubic", resolution: int | None = None
+    ) -> None:
         super().__init__()
         self.factor = _check_factor(factor)
         if kernel not in SR_KERNELS:
-            raise UserError(f"unknown super-resolution kernel {kernel!r}; valid kernels: {', '.join(SR_KERNELS)}")
+            raise UserError(
+                f"unknown super-resolution kernel {kernel!r}; valid kernels: {', '.join(SR_KERNELS)}"
+            )
         self.kernel = kernel
         if resolution is not None:
             self.observation_size(resolution)
@@ -441,7 +453,9 @@ def check_observation(operator: Operator, observation: Tensor, resolution: int) 
     "observation is 48x48 but superres x16 (bicubic) at 1024 px expects 64x64".
     """
     if observation.ndim not in (3, 4) or observation.shape[-3] != 3:
-        raise ImageError(f"observation must be [B, 3, H, W] or [3, H, W], got {list(observation.shape)}")
+        raise ImageError(
+            f"observation must be [B, 3, H, W] or [3, H, W], got {list(observation.shape)}"
+        )
     h, w = int(observation.shape[-2]), int(observation.shape[-1])
     eh, ew = operator.observation_size(resolution)
     if (h, w) != (eh, ew):
@@ -461,7 +475,10 @@ def infer_factor(observation_size: int | tuple[int, int], resolution: int) -> in
     Raises ImageError when the input is not square, not smaller than the generator's
     images, or not the generator's size divided by a power of two from 2 to 64.
     """
-    h, w = (observation_size, observation_size) if isinstance(observation_size, int) else observation_size
+    if isinstance(observation_size, int):
+        h = w = observation_size
+    else:
+        h, w = observation_size
     if h != w:
         raise ImageError(f"a low-resolution input must be square, got {_size(h, w)}")
     if h <= 0:

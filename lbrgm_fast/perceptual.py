@@ -80,6 +80,18 @@ def _split_torchvision_features(sd: Mapping[str, object]) -> dict[str, object]:
     return {k: sd[k] for k in keys if k.split(".")[0].isdigit()}
 
 
+def _random_init(convs: list[nn.Conv2d], seed: int) -> None:
+    """Seeded Kaiming-normal (fan-out, ReLU gain) weights and zero biases, torchvision's init for
+    these convs; a private generator, so the global RNG is untouched."""
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for conv in convs:
+            fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+            std = (2.0 / fan_out) ** 0.5
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * std)
+            conv.bias.zero_()
+
+
 def _load_convs(target: Mapping[int, nn.Conv2d], sd: Mapping[str, object], net_name: str) -> None:
     """Copy torchvision `features.{i}.weight/bias` into the convs `target[i]`.
 
@@ -98,7 +110,9 @@ def _load_convs(target: Mapping[int, nn.Conv2d], sd: Mapping[str, object], net_n
                 )
             if not isinstance(value, Tensor) or value.shape != expected:
                 got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise UserError(f"{net_name} state dict key {key!r} is {got}, expected {list(expected)}")
+                raise UserError(
+                    f"{net_name} state dict key {key!r} is {got}, expected {list(expected)}"
+                )
             with torch.no_grad():
                 getattr(conv, part).copy_(value.to(torch.float32))
 
@@ -121,7 +135,7 @@ class VGG16Features(nn.Module):
 
     Mixed precision: under autocast the convolutions may run in bf16/fp16, but normalisation
     and distances are an explicit float32 island (autocast disabled, inputs upcast), as the
-    squared norm of a 512-channel tap overflows or loses all precision in half types.
+    squared norm of a 512-channel tap can overflow in fp16 and loses precision in bf16.
 
     Build it with `pretrained`, `from_torchvision_state_dict` or `random`; the bare
     constructor leaves an all-zero backbone.
@@ -179,7 +193,9 @@ class VGG16Features(nn.Module):
     # -- construction ----------------------------------------------------------------------------
 
     @classmethod
-    def from_torchvision_state_dict(cls, sd: Mapping[str, object], resolution: int = 256) -> VGG16Features:
+    def from_torchvision_state_dict(
+        cls, sd: Mapping[str, object], resolution: int = 256
+    ) -> VGG16Features:
         """Load torchvision VGG16 weights (`vgg16-397923af.pth`): the whole model's state dict
         (classifier keys ignored) or only its `features.*` tensors. A missing or mis-shaped
         key raises UserError naming it."""
@@ -194,13 +210,7 @@ class VGG16Features(nn.Module):
         zero bias). NOT a perceptual metric: for tests and the offline demo only, and callers
         must say plainly that φ is random."""
         model = cls(resolution)
-        gen = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            for i in _VGG16_CONVS:
-                conv = model.layers[i]
-                fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
-                conv.bias.zero_()
+        _random_init([model.layers[i] for i in _VGG16_CONVS], seed)
         return model
 
     @classmethod
@@ -242,7 +252,8 @@ class VGG16Features(nn.Module):
     def features(self, x: Tensor) -> list[Tensor]:
         """NVIDIA-style features: normalised taps times sqrt(lin_c / (H_l·W_l)), float32.
 
-        Returns five tensors [B, C_l, H_l, W_l]; Σ_l ‖a_l − b_l‖² between two images is LPIPS-VGG.
+        Returns five tensors [B, C_l, H_l, W_l]; Σ_l ‖a_l − b_l‖² between two images is
+        LPIPS-VGG.
         """
         taps = self.normalized_taps(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -255,7 +266,7 @@ class VGG16Features(nn.Module):
         `fb` may have batch 1 to compare many candidates with one fixed target.
         """
         with torch.autocast(device_type=fa[0].device.type, enabled=False):
-            total = fa[0].new_zeros(())
+            total = fa[0].new_zeros((), dtype=torch.float32)
             for a, b in zip(fa, fb):
                 total = total + (a.float() - b.float()).square().sum(dim=(1, 2, 3))
             return total
@@ -307,12 +318,7 @@ class LpipsAlex(nn.Module):
     def random(cls, seed: int) -> LpipsAlex:
         """Seeded random backbone (Kaiming-normal fan-out, zero bias): tests and demo only."""
         model = cls()
-        gen = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            for conv in model._convs().values():
-                fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
-                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
-                conv.bias.zero_()
+        _random_init(list(model._convs().values()), seed)
         return model
 
     @classmethod

@@ -24,9 +24,22 @@ WeightKind = Literal["vgg16", "alexnet"]
 # kind -> (file name, official URL, CLI option). The 8 hex digits in each name are the prefix of
 # the file's SHA-256, which torch.hub checks after downloading.
 WEIGHT_FILES: dict[str, tuple[str, str, str]] = {
-    "vgg16": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth", "--vgg16"),
-    "alexnet": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "--alexnet"),
+    "vgg16": (
+        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        "--vgg16",
+    ),
+    "alexnet": (
+        "alexnet-owt-7be5be79.pth",
+        "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+        "--alexnet",
+    ),
 }
+
+
+# What torch.load raises on a file that is not a (safe) state dict: a weights_only refusal,
+# a truncated zip, a legacy pickle cut short, random bytes.
+_UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile)
 
 
 def _entry(kind: str) -> tuple[str, str, str]:
@@ -73,7 +86,9 @@ def resolve_weights(kind: WeightKind, path: str | Path | None = None, download: 
         torch.hub.download_url_to_file(url, str(cached), hash_prefix=_hash_prefix(name), progress=False)
     except Exception as exc:  # offline, proxy, HTTP error, hash mismatch, read-only cache …
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsNotFoundError(f"{kind} weights could not be downloaded ({reason}): {hint}") from None
+        raise WeightsNotFoundError(
+            f"{kind} weights could not be downloaded ({reason}): {hint}"
+        ) from None
     return cached
 
 
@@ -88,7 +103,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsNotFoundError(f"weights file not found: {path}")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except _UNREADABLE as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a readable PyTorch state dict: {first}") from None
     if not isinstance(sd, Mapping) or not sd or not all(

@@ -1,0 +1,229 @@
+"""`lbrgm-fast`: a thin command line over the library (typer + rich).
+
+Each command maps its options to one options object and makes one library call. Messages and
+progress go to stderr; stdout carries only results (`--json`). A user mistake is one line on
+stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from lbrgm_fast.errors import UserError
+
+app = typer.Typer(
+    name="lbrgm-fast",
+    help="Restore damaged images (missing regions, low resolution) by StyleGAN2 inversion with L-BRGM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a UserError into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
+    try:
+        yield
+    except UserError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/]: finished inputs are saved; `--resume` continues the others")
+        raise typer.Exit(130) from None
+
+
+class RichReporter:
+    """Renders a job's progress: one bar per batch with loss terms, score, steps/s and ETA."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        self._task = None
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            stderr.print(f"[cyan]note:[/] {message}", highlight=False)
+
+    def batch_started(self, names: Sequence[str], steps: int) -> None:
+        if self.quiet:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[terms]}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+        )
+        label = ", ".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1}"
+        self._task = self._progress.add_task(label, total=steps, terms="", rate="")
+        self._progress.start()
+
+    def progress(self, progress) -> None:  # noqa: ANN001 - lbrgm_fast.reconstruct.Progress
+        if self._progress is None or self._task is None:
+            return
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        terms = f"loss {mean(progress.terms['total']):.4g} pix {mean(progress.terms['pixel']):.4g}"
+        if progress.score is not None:
+            terms += f" score {mean(progress.score):.4g}"
+        self._progress.update(self._task, completed=progress.step, terms=terms)
+        task = self._progress.tasks[0]
+        if task.elapsed and progress.step:
+            self._progress.update(self._task, rate=f"{progress.step / task.elapsed:.1f} steps/s")
+
+    def batch_finished(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress = self._task = None
+
+
+def _summary_table(outcomes: list) -> Table:  # noqa: ANN001
+    table = Table(title="lbrgm-fast run")
+    for col in ("input", "status", "best step", "PSNR", "LPIPS", "folder / message"):
+        table.add_column(col)
+    for o in outcomes:
+        m = o.metrics
+        psnr = f"{m['psnr']:.2f}" if "psnr" in m else ""
+        lp = f"{m['lpips_alex']:.4f}" if "lpips_alex" in m else ""
+        colour = {"done": "green", "failed": "red", "skipped": "yellow"}[o.status]
+        table.add_row(o.name, f"[{colour}]{o.status}[/]", str(m.get("best_step", "")), psnr, lp, o.message or str(o.folder))
+    return table
+
+
+@app.command()
+def run(
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders or globs. Each input gets its own folder under --out.")],
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="StyleGAN2 checkpoint (NVIDIA .pkl, rosinality .pt, lbrgm .safetensors).")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Engine plan made by `lbrgm-fast build` (instead of --checkpoint).")] = None,
+    task: Annotated[str, typer.Option(help="inpaint | superres | project.")] = "inpaint",
+    mask: Annotated[Optional[str], typer.Option(help="Mask PNG the size of the image; its darkest value marks missing pixels.")] = None,
+    mask_preset: Annotated[Optional[str], typer.Option(help="BRGM mask: right-half, left-half, eyes, bar, top-right, mouth, bottom-half.")] = None,
+    invert_mask: Annotated[bool, typer.Option(help="Swap missing and kept pixels of --mask.")] = False,
+    factor: Annotated[Optional[int], typer.Option(help="Super-resolution factor (default: from the input's size).")] = None,
+    kernel: Annotated[str, typer.Option(help="Downsampling kernel: bicubic (BRGM), area, bicubic-aa.")] = "bicubic",
+    degrade: Annotated[bool, typer.Option(help="Inputs are clean images: make the observation with the operator and use them as ground truth.")] = False,
+    ground_truth: Annotated[Optional[str], typer.Option(help="Clean image (or folder of same-named images) for metrics and oracle early stopping.")] = None,
+    method: Annotated[str, typer.Option(help="lbrgm | brgm | none.")] = "lbrgm",
+    preset: Annotated[str, typer.Option(help="L-BRGM settings: authors (default, the published numbers) | paper (the paper's text).")] = "authors",
+    steps: Annotated[int, typer.Option(help="Adam steps.")] = 2000,
+    candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for the candidates and the held-out pixels.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images optimised together (same results as one by one).")] = 1,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
+    early_stop: Annotated[str, typer.Option(help="auto | oracle (LPIPS vs ground truth) | holdout (held-out pixels) | none.")] = "auto",
+    log_every: Annotated[int, typer.Option(help="Steps between progress updates and best-iterate checks.")] = 10,
+    frames: Annotated[int, typer.Option(help="Save a progress frame every N steps and a GIF (0: off).")] = 0,
+    vgg16: Annotated[Optional[str], typer.Option(help="torchvision VGG16 weights (vgg16-397923af.pth).")] = None,
+    alexnet: Annotated[Optional[str], typer.Option(help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth).")] = None,
+    strict: Annotated[bool, typer.Option(help="Wrongly sized or non-square images are errors instead of being cropped/resized.")] = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("lbrgm-out"),
+    overwrite: Annotated[bool, typer.Option(help="Replace existing results.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue interrupted runs from their saved state.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+) -> None:
+    """Restore images with L-BRGM (or BRGM, or no prior)."""
+    from lbrgm_fast.job import RunOptions, run_job
+
+    with user_errors():
+        options = RunOptions(
+            inputs=inputs, out=out, checkpoint=checkpoint, engine=engine, task=task, mask=mask,  # type: ignore[arg-type]
+            mask_preset=mask_preset, invert_mask=invert_mask, factor=factor, kernel=kernel, degrade=degrade,
+            ground_truth=ground_truth, method=method, preset=preset, steps=steps, candidates=candidates, seed=seed,
+            batch_size=batch_size, device=device, early_stop=early_stop, log_every=log_every, frames=frames,
+            vgg16=vgg16, alexnet=alexnet, strict=strict, overwrite=overwrite, resume=resume,
+        )
+        outcomes = run_job(options, RichReporter(quiet or json_out))
+    for o in outcomes:
+        if o.status != "done":
+            stderr.print(f"[red]{o.status}:[/] {o.name}: {o.message}", highlight=False)
+        for n in o.notes:
+            stderr.print(f"[cyan]note:[/] {o.name}: {n}", highlight=False)
+    if json_out:
+        print(json.dumps([{**asdict(o), "folder": str(o.folder) if o.folder else None} for o in outcomes], indent=2))
+    elif not quiet:
+        stderr.print(_summary_table(outcomes))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(2)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("lbrgm-demo"),
+    steps: Annotated[int, typer.Option(help="Adam steps per method.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the random generator, ground truth and candidates.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Offline demo: L-BRGM vs BRGM vs no prior on a small random generator (no downloads)."""
+    from lbrgm_fast.demo import run_demo
+
+    with user_errors():
+        summary = run_demo(out, steps=steps, seed=seed, reporter=RichReporter(quiet))
+    table = Table(title="lbrgm-fast demo (random 32 px generator, random VGG16: a smoke test, not a benchmark)")
+    for col in ("method", "PSNR (all)", "PSNR (missing region)", "LPIPS(alex, random)", "seconds"):
+        table.add_column(col)
+    for name, m in summary["methods"].items():
+        table.add_row(name, f"{m['psnr']:.2f}", f"{m['psnr_missing_region']:.2f}", f"{m['lpips_alex']:.4f}", f"{m['seconds']:.1f}")
+    stderr.print(table)
+    stderr.print(f"side by side: [bold]{summary['comparison']}[/]\nfiles: {out}/")
+
+
+@app.command()
+def info(
+    path: Annotated[str, typer.Argument(help="A checkpoint or an engine plan.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Describe a checkpoint (format, shapes, precision, sha256) or an engine plan."""
+    from lbrgm_fast.describe import describe
+
+    with user_errors():
+        description = describe(path)
+    if json_out:
+        print(json.dumps(description, indent=2))
+        return
+    table = Table(show_header=False, title=str(path))
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in description.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+    stdout.print(table)
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Argument(help="A supported checkpoint.")],
+    output: Annotated[Path, typer.Argument(help="Where to write the lbrgm .safetensors checkpoint.")],
+    network: Annotated[str, typer.Option(help="Which network of an NVIDIA pickle: G_ema or G.")] = "G_ema",
+) -> None:
+    """Convert a checkpoint to lbrgm's own format (safetensors + JSON config, no pickle)."""
+    from lbrgm_fast.checkpoints import convert as convert_checkpoint
+
+    with user_errors():
+        if output.exists():
+            raise UserError(f"{output} exists; remove it first")
+        convert_checkpoint(source, output, network=network)
+    stderr.print(f"wrote {output}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
