@@ -30,7 +30,8 @@ app = typer.Typer(
     add_completion=False,
 )
 stdout = Console()
-stderr = Console(stderr=True)
+# soft_wrap: a message stays one line (greppable), the terminal wraps it for display.
+stderr = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ the loss terms, tracks the best iterate for early stopping and reports progress.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -359,7 +360,8 @@ class Reconstructor:
                 the holdout mask, so a run is reproducible (and batching doesn't change it).
             resume: A state saved through `on_checkpoint` to continue from.
             on_progress: Called every `log_every` steps.
-            on_checkpoint: Called with the state every `checkpoint_every` steps (0: never).
+            on_checkpoint: Called with the state every `checkpoint_every` steps (0: never); the
+                state's tensors are not changed afterwards, so it can be kept or saved as is.
         """
         G = self.generator
         res = G.img_resolution
@@ -464,7 +466,7 @@ class Reconstructor:
                 w_now, z_now = w_plus.detach(), None if z is None else z.detach()
             else:
                 terms, images, w_now, z_now = step_fn()
-            state.alive &= torch.isfinite(terms[0])
+            state.alive = state.alive & torch.isfinite(terms[0])
             if step == self.steps or step % self.log_every == 0:
                 self._log(state, step, terms, images, w_now, z_now, rule, y, gt, holdout, objective, on_progress)
                 if not bool(state.alive.any()):
@@ -473,8 +475,9 @@ class Reconstructor:
                 break
             state.step = step + 1
             if on_checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
-                state.w_plus, state.z = w_plus.detach(), None if z is None else z.detach()
-                state.optimizer = optimizer.state_dict()
+                # Copies: the caller may keep the state while the loop goes on updating in place.
+                state.w_plus, state.z = w_plus.detach().clone(), None if z is None else z.detach().clone()
+                state.optimizer = copy.deepcopy(optimizer.state_dict())
                 on_checkpoint(state)
 
     @torch.no_grad()

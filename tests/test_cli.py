@@ -1,0 +1,180 @@
+"""The command line end to end on the tiny fixture checkpoint, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from typer.testing import CliRunner
+
+from lbrgm_fast.cli import app
+from lbrgm_fast.demo import run_demo
+from lbrgm_fast.perceptual import VGG16Features
+
+from reference import FIXTURES, nvidia_generator
+
+PICKLE = FIXTURES / "stylegan2-ada" / "tiny32" / "network-snapshot.pkl"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Seeded random VGG16 / AlexNet files in torchvision's key layout (no download here)."""
+    folder = tmp_path_factory.mktemp("weights")
+    vgg = {f"features.{k}": v for k, v in VGG16Features.random(0).layers.state_dict().items()}
+    torch.save(vgg, folder / "vgg16.pth")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), folder / "alexnet.pth")
+    return {"vgg16": str(folder / "vgg16.pth"), "alexnet": str(folder / "alexnet.pth")}
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An in-range 32 px image from the fixture generator."""
+    G = nvidia_generator("tiny32")
+    with torch.no_grad():
+        img = ((G(torch.randn(1, 32, generator=torch.Generator().manual_seed(0))) + 1) * 127.5).clamp(0, 255)
+    path = tmp_path_factory.mktemp("inputs") / "face.png"
+    Image.fromarray(img[0].permute(1, 2, 0).round().byte().numpy()).save(path)
+    return path
+
+
+def invoke(*args: str) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def base_run(weights: dict[str, str], out: Path, *extra: str) -> list[str]:
+    return ["run", "--checkpoint", str(PICKLE), "--vgg16", weights["vgg16"], "--alexnet", weights["alexnet"],
+            "--steps", "4", "--candidates", "2", "--log-every", "2", "--device", "cpu", "--out", str(out), "--quiet", *extra]
+
+
+def test_run_inpainting_end_to_end(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    result = invoke(*base_run(weights, tmp_path, str(face), "--mask-preset", "right-half", "--degrade", "--json"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary[0]["status"] == "done"
+    folder = tmp_path / "face"
+    for name in ("restored.png", "merged.png", "observation.png", "latents.npz", "curves.png", "report.json"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "state.pt").exists()
+    report = json.loads((folder / "report.json").read_text())
+    assert report["settings"]["method"] == "lbrgm" and report["settings"]["preset"] == "authors"
+    assert report["early_stop"] == "oracle" and report["seed"] == 0
+    assert {"candidates", "optimise"} <= set(report["timings"]["seconds"])
+    assert report["history"]["step"] == [0, 2, 4]
+    latents = np.load(folder / "latents.npz")
+    assert latents["w_plus"].shape == (8, 32) and latents["z"].shape == (32,)
+    # merged keeps the observed pixels exactly.
+    merged = np.asarray(Image.open(folder / "merged.png"))
+    original = np.asarray(Image.open(face))
+    assert np.array_equal(merged[:, :16], original[:, :16])
+    # A second run does not overwrite; --overwrite does.
+    again = invoke(*base_run(weights, tmp_path, str(face), "--mask-preset", "right-half"))
+    assert again.exit_code == 0 and "already holds a result" in again.output
+    forced = invoke(*base_run(weights, tmp_path, str(face), "--mask-preset", "right-half", "--overwrite"))
+    assert forced.exit_code == 0, forced.output
+
+
+def test_superres_factor_from_the_input_size(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    low = tmp_path / "low.png"
+    Image.open(face).resize((8, 8), Image.BICUBIC).save(low)
+    result = invoke(*base_run(weights, tmp_path / "out", str(low), "--task", "superres"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "low" / "report.json").read_text())
+    assert "x4" in report["operator"]
+    mismatch = invoke(*base_run(weights, tmp_path / "out2", str(low), "--task", "superres", "--factor", "2"))
+    assert mismatch.exit_code == 2 and "--factor is 2" in mismatch.output
+
+
+def test_one_bad_input_does_not_stop_the_others(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = invoke(*base_run(weights, tmp_path / "out", str(face), str(corrupt), str(tmp_path / "missing.png"), "--mask-preset", "eyes"))
+    assert result.exit_code == 2
+    assert "not a readable image" in result.output and "no such file" in result.output
+    assert "Traceback" not in result.output
+    assert (tmp_path / "out" / "face" / "restored.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mask-preset", "nose"], "unknown"),
+        ([], "--mask FILE or --mask-preset"),
+        (["--mask-preset", "eyes", "--method", "magic"], "unknown method"),
+        (["--mask-preset", "eyes", "--task", "denoise"], "unknown task"),
+        (["--mask-preset", "eyes", "--batch-size", "0"], "batch-size"),
+    ],
+)
+def test_bad_options_are_one_line_exit_2(weights: dict[str, str], face: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    result = invoke(*base_run(weights, tmp_path, str(face), *extra))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_mask_files_wrong_size_or_empty(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small.png"
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(small)
+    result = invoke(*base_run(weights, tmp_path, str(face), "--mask", str(small)))
+    assert result.exit_code == 2 and "16x16" in result.output
+    uniform = tmp_path / "uniform.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(uniform)
+    result = invoke(*base_run(weights, tmp_path, str(face), "--mask", str(uniform)))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_images_of_other_modes_and_sizes(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    rgb = np.asarray(Image.open(face))
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    Image.fromarray(np.dstack([rgb, np.full((32, 32), 255, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "deep.png")
+    Image.fromarray(np.zeros((40, 64, 3), np.uint8)).save(tmp_path / "wide.png")
+    out = tmp_path / "out"
+    result = invoke(*base_run(weights, out, str(tmp_path / "*.png"), "--mask-preset", "bar", "--steps", "1", "--json"))
+    assert result.exit_code == 0, result.output
+    notes = {o["name"]: " ".join(o["notes"]) for o in json.loads(result.stdout)}
+    assert "grayscale" in notes["gray"] and "alpha" in notes["rgba"] and "16-bit" in notes["deep"]
+    assert "centre-cropped" in notes["wide"] and "resized" in notes["wide"]
+    strict = invoke(*base_run(weights, tmp_path / "strict", str(tmp_path / "wide.png"), "--mask-preset", "bar", "--strict"))
+    assert strict.exit_code == 2 and "not square" in strict.output
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01garbage" * 10])
+def test_info_on_bad_checkpoints(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(content)
+    result = invoke("info", bad)
+    assert result.exit_code == 2 and "bad.pkl" in result.output and "Traceback" not in result.output
+
+
+def test_info_and_convert(tmp_path: Path) -> None:
+    result = invoke("info", PICKLE, "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["format"] == "nvidia-pickle" and data["num_ws"] == 8 and data["channels"]["32"] == 16
+    assert len(data["sha256"]) == 64
+    out = tmp_path / "tiny.safetensors"
+    assert invoke("convert", PICKLE, out).exit_code == 0
+    converted = json.loads(invoke("info", out, "--json").stdout)
+    assert converted["format"] == "lbrgm" and converted["parameters"] == data["parameters"]
+    assert invoke("convert", PICKLE, out).exit_code == 2  # never overwrites
+
+
+def test_missing_vgg_weights_say_where_to_put_them(face: Path, tmp_path: Path) -> None:
+    result = invoke("run", "--checkpoint", PICKLE, "--vgg16", tmp_path / "nope.pth", "--mask-preset", "eyes", "--out", tmp_path, face)
+    assert result.exit_code == 2 and "nope.pth" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(tmp_path: Path) -> None:
+    summary = run_demo(tmp_path, steps=20)
+    assert set(summary["methods"]) == {"lbrgm", "brgm", "none"}
+    for method, metrics in summary["methods"].items():
+        assert metrics["psnr"] > 5 and 0 <= metrics["lpips_alex"] < 1, method
+        assert (tmp_path / method / "ground_truth" / "restored.png").is_file()
+    assert (tmp_path / "comparison.png").is_file() and (tmp_path / "summary.json").is_file()
