@@ -57,6 +57,7 @@ class Objective(nn.Module):
         observation: y in [0, 255], [B, 3, h, w].
         keep: Observation-space mask [B, 1, h, w] of pixels used by the data terms (1 = use);
             the rest are held out for early stopping. None uses every pixel.
+        gaussian_prior: BRGM's prior (needed when the settings weight it).
         noise_mode: Generator noise ("const": the stored buffers, as the reference code).
     """
 
@@ -68,6 +69,7 @@ class Objective(nn.Module):
         settings: MethodSettings,
         observation: torch.Tensor,
         keep: torch.Tensor | None,
+        gaussian_prior: GaussianPrior | None = None,
         noise_mode: Literal["const", "none"] = "const",
     ) -> None:
         super().__init__()
@@ -86,9 +88,9 @@ class Objective(nn.Module):
                 self.target_features = [f.detach() for f in perceptual.features(self.observation / 127.5 - 1)]
         self.mapping_prior = MappingPrior(generator.mapping, settings.prior_reduction)
         self.latent_prior = LatentPrior(settings.prior_reduction)
-        self.gaussian_prior: GaussianPrior | None = None
-        if settings.gaussian_weight:
-            self.gaussian_prior = GaussianPrior.from_mapping(generator.mapping, generator.z_dim)
+        if settings.gaussian_weight and gaussian_prior is None:
+            raise ValueError("settings weight the Gaussian prior but none was given")
+        self.gaussian_prior = gaussian_prior if settings.gaussian_weight else None
         self.cosine_prior = CosinePrior()
 
     def _view(self, measured: torch.Tensor) -> torch.Tensor:
@@ -281,6 +283,7 @@ class Reconstructor:
         self.settings = settings
         self.device = next(generator.parameters()).device
         self.step_options = step_options or StepOptions()
+        self._gaussian_prior: GaussianPrior | None = None
         self.engine: ForwardEngine = engine or TorchEngine(generator, perceptual, monitor)
         self.profiler = profiler or Profiler(self.device)
 
@@ -381,13 +384,17 @@ class Reconstructor:
         prof = self.profiler
 
         with prof.phase("setup"):
-            objective = Objective(G, operator, self.perceptual, settings, y, None if holdout is None else 1 - holdout)
+            if (settings.gaussian_weight or settings.start == "w-avg") and self._gaussian_prior is None:
+                # BRGM's w_avg and σ from 10,000 mapping samples: once per Reconstructor.
+                self._gaussian_prior = GaussianPrior.from_mapping(G.mapping, G.z_dim)
+            keep = None if holdout is None else 1 - holdout
+            objective = Objective(G, operator, self.perceptual, settings, y, keep, self._gaussian_prior)
 
         initial_z: torch.Tensor | None = None
         if resume is None:
             if settings.start == "w-avg":
-                assert objective.gaussian_prior is not None
-                w_plus = objective.gaussian_prior.w_avg.expand(batch, G.num_ws, -1).clone()
+                assert self._gaussian_prior is not None
+                w_plus = self._gaussian_prior.w_avg.expand(batch, G.num_ws, -1).clone()
                 z = None
             else:
                 with prof.phase("candidates"):

@@ -1,0 +1,83 @@
+"""The job runner: resuming an interrupted run, and keeping results safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lbrgm_fast.job import Models, RunOptions, SilentReporter, run_job
+from lbrgm_fast.perceptual import VGG16Features
+
+from reference import nvidia_generator
+
+
+class InterruptAt(SilentReporter):
+    """Simulates Ctrl-C once the loop reports `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def progress(self, progress) -> None:  # noqa: ANN001
+        if progress.step >= self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return Models(nvidia_generator("tiny32"), VGG16Features.random(0, resolution=16), None, source={"generator": "tiny32 fixture"})
+
+
+@pytest.fixture()
+def image(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "in" / "img.png"
+    path.parent.mkdir()
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def options(image: Path, out: Path, **changes: object) -> RunOptions:
+    base = dict(inputs=[str(image)], out=out, mask_preset="mouth", steps=8, candidates=3, log_every=2, device="cpu", checkpoint_every=2)
+    return RunOptions(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def test_interrupted_run_resumes_to_the_same_result(models: Models, image: Path, tmp_path: Path) -> None:
+    (reference,) = run_job(options(image, tmp_path / "ref"), models=models)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(options(image, tmp_path / "run"), InterruptAt(5), models=models)
+    folder = tmp_path / "run" / "img"
+    assert (folder / "state.pt").is_file() and not (folder / "report.json").exists()
+    (refused,) = run_job(options(image, tmp_path / "run"), models=models)
+    assert refused.status == "skipped" and "--resume" in refused.message
+    (resumed,) = run_job(options(image, tmp_path / "run", resume=True), models=models)
+    assert resumed.status == "done" and not (folder / "state.pt").exists()
+    a, b = np.load(tmp_path / "ref" / "img" / "latents.npz"), np.load(folder / "latents.npz")
+    assert np.allclose(a["w_plus"], b["w_plus"], atol=1e-6) and int(a["step"]) == int(b["step"])
+    assert reference.metrics["best_step"] == resumed.metrics["best_step"]
+
+
+def test_existing_results_are_kept(models: Models, image: Path, tmp_path: Path) -> None:
+    run_job(options(image, tmp_path, steps=2), models=models)
+    report = tmp_path / "img" / "report.json"
+    before = report.read_bytes()
+    (again,) = run_job(options(image, tmp_path, steps=4), models=models)
+    assert again.status == "skipped" and report.read_bytes() == before
+    (forced,) = run_job(options(image, tmp_path, steps=4, overwrite=True), models=models)
+    assert forced.status == "done" and report.read_bytes() != before
+
+
+def test_batches_group_and_name_inputs(models: Models, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / sub / "x.png")
+    outcomes = run_job(
+        RunOptions(inputs=[str(tmp_path / "a"), str(tmp_path / "b")], out=tmp_path / "out", mask_preset="eyes", steps=2,
+                   candidates=2, batch_size=2, device="cpu"),
+        models=models,
+    )
+    assert [o.name for o in outcomes] == ["x", "b-x"] and all(o.status == "done" for o in outcomes)
+    assert all((o.folder / "restored.png").is_file() for o in outcomes)
