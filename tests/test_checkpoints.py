@@ -24,6 +24,8 @@ from lbrgm_fast.checkpoints.layout import W_AVG_SAMPLES, W_AVG_SEED, solve_chann
 from lbrgm_fast.config import GeneratorConfig
 from lbrgm_fast.errors import CheckpointError
 
+from reference import nvidia_config
+
 FIXTURES = Path(__file__).parent / "fixtures"
 NV_DIR = FIXTURES / "stylegan2-ada" / "tiny32"
 NV_PKL = NV_DIR / "network-snapshot.pkl"
@@ -34,24 +36,6 @@ ROS_PT = ROS_DIR / "checkpoint.pt"
 def rel_err(out: torch.Tensor | np.ndarray, ref: np.ndarray) -> float:
     out = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-
-
-def config_from_init_kwargs(path: Path) -> GeneratorConfig:
-    """NVIDIA's init kwargs as a GeneratorConfig, written out independently of the loader."""
-    kw = json.loads(path.read_text())["init_kwargs"]
-    syn = kw["synthesis_kwargs"]
-    return GeneratorConfig(
-        z_dim=kw["z_dim"],
-        w_dim=kw["w_dim"],
-        img_resolution=kw["img_resolution"],
-        img_channels=kw["img_channels"],
-        mapping_layers=kw["mapping_kwargs"]["num_layers"],
-        mapping_lr_multiplier=0.01,
-        channel_base=syn["channel_base"],
-        channel_max=syn["channel_max"],
-        num_fp16_res=syn["num_fp16_res"],
-        conv_clamp=syn["conv_clamp"],
-    )
 
 
 def nvidia_reference_weights() -> dict[str, np.ndarray]:
@@ -71,7 +55,7 @@ def assert_same_checkpoint(a: Checkpoint, b: Checkpoint) -> None:
 
 def test_nvidia_pickle_config_matches_init_kwargs() -> None:
     ckpt = read_checkpoint(NV_PKL)
-    assert ckpt.config == config_from_init_kwargs(NV_DIR / "init_kwargs.json")
+    assert ckpt.config == nvidia_config("tiny32")
     assert ckpt.format == "nvidia-pickle"
     assert ckpt.has_w_avg is True
     assert ckpt.source == str(NV_PKL)
@@ -312,7 +296,7 @@ def test_expected_layout_equals_model_state_dict() -> None:
     configs = [
         read_checkpoint(NV_PKL).config,
         read_checkpoint(ROS_PT).config,
-        config_from_init_kwargs(FIXTURES / "stylegan2-ada" / "ffhqlike64" / "init_kwargs.json"),
+        nvidia_config("ffhqlike64"),
     ]
     for config in configs:
         model_shapes = {k: tuple(v.shape) for k, v in Generator(config).state_dict().items()}
