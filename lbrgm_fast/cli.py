@@ -136,6 +136,11 @@ def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("lbrgm-out"),
     overwrite: Annotated[bool, typer.Option(help="Replace existing results.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs from their saved state.")] = False,
+    forward_backend: Annotated[str, typer.Option(help="Candidate scoring and LPIPS monitoring on: auto | torch | onnxruntime | tensorrt (the last two need --engine).")] = "auto",
+    compile_step: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 on GPUs that have it, else fp32).")] = None,
+    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the step as a CUDA graph (default: on with CUDA).")] = None,
+    profile: Annotated[Optional[Path], typer.Option(help="Write a torch profiler trace of a few steps into this folder.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
@@ -149,6 +154,8 @@ def run(
             ground_truth=ground_truth, method=method, preset=preset, steps=steps, candidates=candidates, seed=seed,
             batch_size=batch_size, device=device, early_stop=early_stop, log_every=log_every, frames=frames,
             vgg16=vgg16, alexnet=alexnet, strict=strict, overwrite=overwrite, resume=resume,
+            forward_backend=forward_backend, compile=compile_step, precision=precision, cuda_graphs=cuda_graphs,
+            profile=profile,
         )
         outcomes = run_job(options, RichReporter(quiet or json_out))
     for o in outcomes:
@@ -220,6 +227,59 @@ def convert(
             raise UserError(f"{output} exists; remove it first")
         convert_checkpoint(source, output, network=network)
     stderr.print(f"wrote {output}")
+
+
+@app.command()
+def build(
+    checkpoint: Annotated[str, typer.Argument(help="A supported StyleGAN2 checkpoint.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The plan file to write, e.g. ffhq1024.plan.")],
+    vgg16: Annotated[Optional[str], typer.Option(help="torchvision VGG16 weights (default: torch hub cache).")] = None,
+    alexnet: Annotated[Optional[str], typer.Option(help="torchvision AlexNet weights for the LPIPS monitor.")] = None,
+    tensorrt: Annotated[bool, typer.Option("--tensorrt", help="Also build TensorRT engines for this GPU.")] = False,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT optimisation profiles.")] = 16,
+    precision: Annotated[str, typer.Option(help="TensorRT engine precision: fp32 | fp16.")] = "fp32",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing plan file.")] = False,
+) -> None:
+    """Build an engine plan: generator, φ and monitor weights, ONNX graphs (and TensorRT engines) in one file."""
+    from lbrgm_fast.build import build_plan
+
+    with user_errors():
+        if output.exists() and not overwrite:
+            raise UserError(f"{output} exists (use --overwrite to replace it)")
+        path = build_plan(checkpoint, output, vgg16=vgg16, alexnet=alexnet, tensorrt=tensorrt, max_batch=max_batch,
+                          precision=precision, reporter=RichReporter(quiet=False))  # type: ignore[arg-type]
+    stderr.print(f"wrote {path}")
+
+
+@app.command()
+def bench(
+    shape: Annotated[str, typer.Option(help="Comma-separated: tiny32, ffhqlike64, ffhq256, ffhq1024.")] = "ffhqlike64",
+    modes: Annotated[Optional[str], typer.Option(help="Comma-separated {eager|compiled}-{fp32|bf16|fp16}[-graphs] (default per device).")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1",
+    steps: Annotated[int, typer.Option(help="Timed steps per measurement.")] = 10,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when available).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+) -> None:
+    """Measure the optimisation step on this machine (eager float32 baseline in the same run)."""
+    from lbrgm_fast.bench import BenchOptions, machine_description, render_table, run_bench
+
+    with user_errors():
+        try:
+            options = BenchOptions(
+                shapes=tuple(s.strip() for s in shape.split(",") if s.strip()),
+                modes=None if modes is None else tuple(m.strip() for m in modes.split(",") if m.strip()),
+                batch_sizes=tuple(int(b) for b in batch_sizes.split(",")),
+                steps=steps,
+                device=device,
+            )
+        except ValueError:
+            raise UserError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
+        on_result = None if json_out else (lambda r: stderr.print(f"{r['shape']} batch {r['batch']} {r['mode']}: {r['ms_per_step']:.1f} ms/step", highlight=False))
+        results = run_bench(options, on_result=on_result)
+    if json_out:
+        print(json.dumps({"machine": machine_description(options.resolved_device()), "results": results}, indent=2, default=str))
+    else:
+        stdout.print(render_table(results))
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 from lbrgm_fast.plots import plot_curves
 from lbrgm_fast.reconstruct import TERM_NAMES, Progress, ReconstructionResult, ReconstructionState, Reconstructor
 from lbrgm_fast.runtime import Profiler
+from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
+from lbrgm_fast.runtime.step import StepOptions, auto_step_options
 
 Task = Literal["inpaint", "superres", "project"]
 STATE_FILE = "state.pt"
@@ -64,6 +66,11 @@ class RunOptions:
     overwrite: bool = False
     resume: bool = False
     checkpoint_every: int = 100
+    forward_backend: str = "auto"
+    compile: bool | None = None
+    precision: str | None = None
+    cuda_graphs: bool | None = None
+    profile: Path | None = None
 
 
 @dataclass
@@ -322,10 +329,13 @@ class Models:
     monitor: LpipsAlex | None
     source: dict
     notes: list[str] = field(default_factory=list)
+    engine: ForwardEngine | None = None  # forward-only phases; None: the torch modules
+    engine_report: dict = field(default_factory=dict)
 
 
-def load_models(options: RunOptions, device: torch.device, need_monitor: bool) -> Models:
-    """Load the generator (checkpoint or engine plan), VGG16 for φ and AlexNet for the monitor."""
+def load_models(options: RunOptions, device: torch.device, need_monitor: bool, reporter: Reporter | None = None) -> Models:
+    """Load the generator (checkpoint or engine plan), VGG16 for φ and AlexNet for the monitor,
+    and, from a plan, the forward engine `--forward-backend` asks for."""
     from lbrgm_fast.checkpoints import read_checkpoint
     from lbrgm_fast.model import Generator
     from lbrgm_fast.weights import load_state_dict_file, resolve_weights
@@ -335,28 +345,38 @@ def load_models(options: RunOptions, device: torch.device, need_monitor: bool) -
     notes: list[str] = []
     if options.engine:
         from lbrgm_fast.plan import read_plan
+        from lbrgm_fast.runtime.select import select_engine
 
         plan = read_plan(options.engine)
-        generator, perceptual, monitor = plan.generator(), plan.perceptual(), plan.monitor() if need_monitor else None
+        generator = plan.generator().to(device).eval().requires_grad_(False)
+        perceptual = plan.perceptual().to(device)
+        monitor = plan.monitor() if need_monitor else None
+        monitor = None if monitor is None else monitor.to(device)
         source = {"engine": str(options.engine), "source_sha256": plan.manifest["source_sha256"]}
-    else:
-        ckpt = read_checkpoint(options.checkpoint)  # type: ignore[arg-type]
-        generator = Generator(ckpt.config)
-        generator.load_state_dict(ckpt.state_dict, strict=True)
-        source = {"checkpoint": str(options.checkpoint), "checkpoint_sha256": ckpt.sha256, "checkpoint_format": ckpt.format}
-        if not ckpt.has_w_avg:
-            notes.append("the checkpoint has no w_avg; it was estimated from 10,000 mapping samples")
-        perceptual = VGG16Features.from_torchvision_state_dict(load_state_dict_file(resolve_weights("vgg16", options.vgg16)))
-        monitor = None
-        if need_monitor:
-            try:
-                monitor = LpipsAlex.from_torchvision_state_dict(load_state_dict_file(resolve_weights("alexnet", options.alexnet)))
-            except UserError as exc:
-                if options.early_stop == "oracle":
-                    raise
-                notes.append(f"no LPIPS(alex) monitor ({exc}); early stopping by held-out pixels instead")
+        selection = select_engine(
+            plan, options.forward_backend, device, reporter, torch_engine=TorchEngine(generator, perceptual, monitor)
+        )
+        notes.append(selection.reason)
+        return Models(generator, perceptual, monitor, source, notes, selection.engine, selection.describe())
+    if options.forward_backend not in ("auto", "torch"):
+        raise UserError(f"--forward-backend {options.forward_backend} runs exported graphs: build a plan with `lbrgm-fast build` and pass --engine PLAN")
+    ckpt = read_checkpoint(options.checkpoint)  # type: ignore[arg-type]
+    generator = Generator(ckpt.config)
+    generator.load_state_dict(ckpt.state_dict, strict=True)
+    source = {"checkpoint": str(options.checkpoint), "checkpoint_sha256": ckpt.sha256, "checkpoint_format": ckpt.format}
+    if not ckpt.has_w_avg:
+        notes.append("the checkpoint has no w_avg; it was estimated from 10,000 mapping samples")
+    perceptual = VGG16Features.from_torchvision_state_dict(load_state_dict_file(resolve_weights("vgg16", options.vgg16)))
+    monitor = None
+    if need_monitor:
+        try:
+            monitor = LpipsAlex.from_torchvision_state_dict(load_state_dict_file(resolve_weights("alexnet", options.alexnet)))
+        except UserError as exc:
+            if options.early_stop == "oracle":
+                raise
+            notes.append(f"no LPIPS(alex) monitor ({exc}); early stopping by held-out pixels instead")
     generator = generator.to(device).eval().requires_grad_(False)
-    perceptual = None if perceptual is None else perceptual.to(device)
+    perceptual = perceptual.to(device)
     monitor = None if monitor is None else monitor.to(device)
     return Models(generator, perceptual, monitor, source, notes)
 
@@ -385,7 +405,10 @@ def run_job(
     need_monitor = bool(options.ground_truth or options.degrade) and options.early_stop in ("auto", "oracle")
     profiler = Profiler(device)
     with profiler.phase("load"):
-        models = models or load_models(options, device, need_monitor)
+        models = models or load_models(options, device, need_monitor, reporter)
+    step_options = auto_step_options(
+        device, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs  # type: ignore[arg-type]
+    )
     for n in models.notes:
         reporter.note(n)
     resolution = models.generator.img_resolution
@@ -421,7 +444,7 @@ def run_job(
     for (factor, _), members in groups.items():
         operator = shared_operator or build_operator(options, resolution, factor)
         for start in range(0, len(members), options.batch_size):
-            _run_batch(members[start : start + options.batch_size], operator, options, models, reporter, profiler)
+            _run_batch(members[start : start + options.batch_size], operator, options, models, reporter, profiler, step_options)
     return outcomes
 
 
@@ -432,6 +455,7 @@ def _run_batch(
     models: Models,
     reporter: Reporter,
     profiler: Profiler,
+    step_options: StepOptions,
 ) -> None:
     has_gt = all(p.ground_truth is not None for p in batch)
     rec = Reconstructor(
@@ -444,6 +468,9 @@ def _run_batch(
         log_every=options.log_every,
         early_stop=options.early_stop,  # type: ignore[arg-type]
         monitor=models.monitor if has_gt else None,
+        step_options=step_options,
+        profile_dir=options.profile,
+        engine=models.engine,
         profiler=profiler,
     )
     folders = [p.outcome.folder for p in batch]
@@ -490,7 +517,13 @@ def _run_batch(
     finally:
         reporter.batch_finished()
     settings = dataclasses.asdict(rec.settings_for(operator))
-    extra = {**models.source, "operator": operator.describe(), "batch_seconds": round(time.perf_counter() - started, 3)}
+    extra = {
+        **models.source,
+        "operator": operator.describe(),
+        "step": dataclasses.asdict(step_options),
+        "forward_engine": models.engine_report or {"choice": "torch (the model itself)"},
+        "batch_seconds": round(time.perf_counter() - started, 3),
+    }
     with profiler.phase("io"):
         for i, p in enumerate(batch):
             write_outputs(p, i, result, operator, options, settings, extra, models.monitor)

@@ -14,6 +14,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -28,12 +29,14 @@ from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.priors import CosinePrior, GaussianPrior, LatentPrior, MappingPrior
 from lbrgm_fast.runtime import Profiler
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
-from lbrgm_fast.runtime.step import StepOptions, make_step
+from lbrgm_fast.runtime.step import StepOptions, load_optimizer_state, make_optimizer, make_step, profile_steps
 
 EarlyStop = Literal["auto", "oracle", "holdout", "none"]
 #: Callable (images, ground_truth) -> (B,) distances, both [B, 3, H, W] in [-1, 1]; lower is better.
 Monitor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: Steps recorded by the torch profiler when a profile folder is given (after compilation).
+PROFILED_STEPS = 5
 TERM_NAMES = ("total", "pixel", "perceptual", "mapping", "latent", "gaussian", "cosine")
 
 
@@ -239,6 +242,7 @@ class Reconstructor:
             `dataclasses.replace(method_settings("lbrgm"), perceptual_weight=0)`).
         step_options: How the optimisation step runs (compiled, precision, CUDA graphs);
             default eager float32, the research code's numerics.
+        profile_dir: Write a torch profiler trace of a few steady-state steps there.
         engine: Runs the forward-only phases (candidate scoring, LPIPS monitoring); by default
             the torch modules themselves (`TorchEngine`).
         profiler: Where phase timings go (a new one if None).
@@ -259,6 +263,7 @@ class Reconstructor:
         monitor: Monitor | None = None,
         settings: MethodSettings | None = None,
         step_options: StepOptions | None = None,
+        profile_dir: str | Path | None = None,
         engine: ForwardEngine | None = None,
         profiler: Profiler | None = None,
     ) -> None:
@@ -283,6 +288,8 @@ class Reconstructor:
         self.settings = settings
         self.device = next(generator.parameters()).device
         self.step_options = step_options or StepOptions()
+        self.step_options.check(self.device)
+        self.profile_dir = None if profile_dir is None else Path(profile_dir)
         self._gaussian_prior: GaussianPrior | None = None
         self.engine: ForwardEngine = engine or TorchEngine(generator, perceptual, monitor)
         self.profiler = profiler or Profiler(self.device)
@@ -409,7 +416,7 @@ class Reconstructor:
 
         w_plus.requires_grad_(True)
         params = [w_plus] + ([z.requires_grad_(True)] if z is not None else [])
-        optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
+        optimizer = make_optimizer(params, settings.lr, settings.betas, self.step_options, self.device)
 
         if state is None:
             state = ReconstructionState(
@@ -420,10 +427,16 @@ class Reconstructor:
                 alive=torch.ones(batch, dtype=torch.bool, device=self.device),
             )
         else:
-            optimizer.load_state_dict(state.optimizer)
+            load_optimizer_state(optimizer, state.optimizer)
 
-        with prof.phase("optimise"):
-            self._loop(objective, optimizer, w_plus, z, state, rule, y, gt, holdout, on_progress, on_checkpoint, checkpoint_every)
+        # The step may switch the generator's blocks to low precision; the caller's generator
+        # is left as it was found.
+        low_precision = G.synthesis.low_precision_resolutions
+        try:
+            with prof.phase("optimise"):
+                self._loop(objective, optimizer, w_plus, z, state, rule, y, gt, holdout, on_progress, on_checkpoint, checkpoint_every)
+        finally:
+            G.synthesis.low_precision_resolutions = low_precision
 
         with prof.phase("finalise"), torch.no_grad():
             images = G.synthesis(state.best_w_plus, noise_mode=objective.noise_mode)
@@ -464,7 +477,9 @@ class Reconstructor:
         on_checkpoint: Callable[[ReconstructionState], None] | None,
         checkpoint_every: int,
     ) -> None:
-        step_fn = make_step(objective, optimizer, w_plus, z, self.step_options)
+        step_fn = make_step(objective, optimizer, w_plus, z, self.step_options, self.profiler)
+        if self.profile_dir is not None:
+            step_fn = profile_steps(step_fn, PROFILED_STEPS, self.profile_dir, skip=self.step_options.warmup_calls)
         for step in range(state.step, self.steps + 1):
             if step == self.steps:
                 # The final iterate is only evaluated: there is no update after it.

@@ -50,7 +50,7 @@ def invoke(*args: str) -> object:
 
 def base_run(weights: dict[str, str], out: Path, *extra: str) -> list[str]:
     return ["run", "--checkpoint", str(PICKLE), "--vgg16", weights["vgg16"], "--alexnet", weights["alexnet"],
-            "--steps", "4", "--candidates", "2", "--log-every", "2", "--device", "cpu", "--out", str(out), "--quiet", *extra]
+            "--steps", "4", "--candidates", "2", "--log-every", "2", "--device", "cpu", "--no-compile", "--out", str(out), "--quiet", *extra]
 
 
 def test_run_inpainting_end_to_end(weights: dict[str, str], face: Path, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def image(tmp_path: Path) -> Path:
 
 
 def options(image: Path, out: Path, **changes: object) -> RunOptions:
-    base = dict(inputs=[str(image)], out=out, mask_preset="mouth", steps=8, candidates=3, log_every=2, device="cpu", checkpoint_every=2)
+    base = dict(inputs=[str(image)], out=out, mask_preset="mouth", steps=8, candidates=3, log_every=2, device="cpu", checkpoint_every=2, compile=False)
     return RunOptions(**{**base, **changes})  # type: ignore[arg-type]
 
 
@@ -76,7 +76,7 @@ def test_batches_group_and_name_inputs(models: Models, tmp_path: Path) -> None:
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / sub / "x.png")
     outcomes = run_job(
         RunOptions(inputs=[str(tmp_path / "a"), str(tmp_path / "b")], out=tmp_path / "out", mask_preset="eyes", steps=2,
-                   candidates=2, batch_size=2, device="cpu"),
+                   candidates=2, batch_size=2, device="cpu", compile=False),
         models=models,
     )
     assert [o.name for o in outcomes] == ["x", "b-x"] and all(o.status == "done" for o in outcomes)
