@@ -178,3 +178,30 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
         assert metrics["psnr"] > 5 and 0 <= metrics["lpips_alex"] < 1, method
         assert (tmp_path / method / "ground_truth" / "restored.png").is_file()
     assert (tmp_path / "comparison.png").is_file() and (tmp_path / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_build_then_run_with_the_engine_plan(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    """The user's headline command: `lbrgm-fast run --engine NAME.plan input.png`."""
+    plan = tmp_path / "tiny.plan"
+    built = invoke("build", PICKLE, "-o", plan, "--vgg16", weights["vgg16"], "--alexnet", weights["alexnet"])
+    assert built.exit_code == 0, built.output
+    described = json.loads(invoke("info", plan, "--json").stdout)
+    assert described["kind"] == "plan"
+    assert invoke("build", PICKLE, "-o", plan, "--vgg16", weights["vgg16"]).exit_code == 2  # never overwrites
+    runs = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        args = ["run", "--engine", plan, "--forward-backend", backend, "--mask-preset", "eyes", "--steps", "3",
+                "--candidates", "3", "--device", "cpu", "--no-compile", "--out", out, "--quiet", face]
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        runs[backend] = np.load(out / "face" / "latents.npz")["w_plus"]
+        report = json.loads((out / "face" / "report.json").read_text())
+        assert report["forward_engine"]["choice"]["generate"] == backend
+    assert np.allclose(runs["torch"], runs["onnxruntime"], atol=1e-4)
+    checkpoint_run = invoke(*base_run(weights, tmp_path / "ckpt", str(face), "--mask-preset", "eyes", "--steps", "3", "--candidates", "3"))
+    assert checkpoint_run.exit_code == 0
+    assert np.allclose(np.load(tmp_path / "ckpt" / "face" / "latents.npz")["w_plus"], runs["torch"], atol=1e-4)
+    refused = invoke(*base_run(weights, tmp_path / "x", str(face), "--mask-preset", "eyes", "--forward-backend", "onnxruntime"))
+    assert refused.exit_code == 2 and "--engine" in refused.output
