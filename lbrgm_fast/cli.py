@@ -137,7 +137,7 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace existing results.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs from their saved state.")] = False,
     forward_backend: Annotated[str, typer.Option(help="Candidate scoring and LPIPS monitoring on: auto | torch | onnxruntime | tensorrt (the last two need --engine).")] = "auto",
-    compile_step: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on).")] = None,
+    compile_step: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on for runs of 500+ steps; the first compile takes minutes on a CPU).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 on GPUs that have it, else fp32).")] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the step as a CUDA graph (default: on with CUDA).")] = None,
     profile: Annotated[Optional[Path], typer.Option(help="Write a torch profiler trace of a few steps into this folder.")] = None,

@@ -407,7 +407,7 @@ def run_job(
     with profiler.phase("load"):
         models = models or load_models(options, device, need_monitor, reporter)
     step_options = auto_step_options(
-        device, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs  # type: ignore[arg-type]
+        device, steps=options.steps, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs  # type: ignore[arg-type]
     )
     for n in models.notes:
         reporter.note(n)

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# GPU checks and GPU benchmark of the L-BRGM gradient loop, in one call of at most 8 minutes on
+# the lent GPU machine (an H100). Writes everything under $OUT (default ./gpu-check-out):
+#   nvidia-smi.txt  the GPU, driver and clocks
+#   checks.txt      pytest of the CUDA-only tests in tests/test_step.py: compiled + bf16 + CUDA
+#                   graphs vs eager fp32 after 20 steps at tiny32 and 1024 config-f, CUDA-graph
+#                   replay vs the eager step, and no host synchronisation inside a step
+#   loop_gpu.md     the benchmark report (1024 config-f, batch 1 and 8, eager fp32 baseline in
+#   loop_gpu.json   the same run, compiled + bf16 + CUDA graphs), and its raw numbers
+#   log.txt         everything printed
+#
+# Usage, from the repository root of a fresh copy, on a machine with CUDA torch:
+#   bash bench/gpu_check.sh
+# The machine needs no network. It must have torch (CUDA), numpy, rich, typer, safetensors,
+# pillow, onnx, onnxruntime, pytest, scipy and lpips; the lent machines have all but lpips.
+# Wheels found in .whl/ are installed first, so carry lpips's there: on a machine with network,
+# in the repository root,
+#   echo /.whl/ >> .git/info/exclude && python3 -m pip download --no-deps -d .whl lpips==0.1.4
+# and name .whl in the device call's carry list.
+set -uo pipefail
+
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+PY=${PYTHON:-python3}
+SITE=$(mktemp -d /tmp/lbrgm-site.XXXXXX)
+started=$(date +%s)
+elapsed() { echo "[$(( $(date +%s) - started )) s] $*"; }
+
+elapsed "GPU"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+cat "$OUT/nvidia-smi.txt"
+
+# Install this checkout (and any carried wheels) into a private folder, without the network and
+# without touching the machine's packages.
+if compgen -G ".whl/*.whl" > /dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 1
+fi
+$PY -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$SITE" . || exit 1
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+if ! $PY -c "import lpips" 2> /dev/null; then
+    echo "lpips is not installed: carry its wheel in .whl/ (see the header of this script)"
+    exit 1
+fi
+$PY -c "import torch, lbrgm_fast; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+
+# A fresh compile cache: the compile times reported are a first run's. The checks compile the
+# 1024 batch-1 bf16 step that the benchmark then finds in this cache.
+export TORCHINDUCTOR_CACHE_DIR=/tmp/lbrgm-inductor
+export PYTHONUNBUFFERED=1
+status=0
+
+elapsed "checks (CUDA-only tests)"
+# -P: keep the checkout off sys.path, so that the installed package (with kernels/ mapped into
+# lbrgm_fast) is imported rather than the bare ./lbrgm_fast folder.
+timeout 240 $PY -P -m pytest -q -p no:cacheprovider -k cuda tests/test_step.py 2>&1 | tee "$OUT/checks.txt" || status=1
+
+elapsed "benchmark: 1024 config-f, batch 1 and 8"
+timeout 210 $PY bench/bench_loop.py --device cuda --shapes ffhq1024 --batch-sizes 1,8 \
+    --modes eager-fp32,compiled-bf16-graphs --steps 20 \
+    --out "$OUT/loop_gpu.md" --json "$OUT/loop_gpu.json" || status=1
+
+elapsed "done (status $status)"
+exit $status

@@ -1,0 +1,335 @@
+"""`lbrgm-fast bench`: how fast the L-BRGM gradient loop runs on this machine.
+
+For each model shape, batch size and step mode it times the real step — the `Objective` of
+reconstruct.py with L-BRGM's settings on the "eyes" inpainting operator, Adam from
+`make_optimizer`, the step from `make_step` — and reports ms per step, image-steps per second,
+peak memory, achieved TFLOP/s and the speed-up over the eager float32 step measured in the same
+run. Weights are random (seeded): speed does not depend on their values, and the package must
+not depend on the test fixtures.
+
+Modes are named `{eager|compiled}-{fp32|bf16|fp16}[-graphs]`, e.g. "eager-fp32" (the research
+code's numerics, the baseline), "compiled-bf16-graphs" (the GPU default).
+
+Timing: on the CPU each step is timed alone and the median is reported (robust to other
+processes); on CUDA a block of steps runs without synchronisation, as in the real loop, and
+the mean is reported. Steps that compile or capture are excluded and reported as
+`compile_seconds`. FLOPs come from `torch.utils.flop_counter` over one eager forward and
+backward pass (convolutions and matrix products; Adam's element-wise update is not counted).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
+
+from lbrgm_fast.config import GeneratorConfig
+from lbrgm_fast.errors import UserError
+from lbrgm_fast.methods import method_settings
+from lbrgm_fast.model import Generator
+from lbrgm_fast.operators import Inpainting
+from lbrgm_fast.perceptual import VGG16Features
+from lbrgm_fast.reconstruct import Objective, generator_to_255
+from lbrgm_fast.runtime.step import PRECISIONS, StepOptions, make_optimizer, make_step
+
+#: Benchmark model shapes. tiny32 and ffhqlike64 have the test fixtures' shapes; ffhq256 is
+#: stylegan2-ada's 256 px config (paper256: channel_base 16384); ffhq1024 is config-f. The
+#: last two keep stylegan2-ada's PyTorch defaults (fp16 on the 4 highest resolutions, clamp
+#: 256), which only the fp16 modes use.
+SHAPES: dict[str, GeneratorConfig] = {
+    "tiny32": GeneratorConfig(z_dim=32, w_dim=32, img_resolution=32, channel_base=512, channel_max=64),
+    "ffhqlike64": GeneratorConfig(
+        z_dim=64, w_dim=64, img_resolution=64, channel_base=2048, channel_max=128, num_fp16_res=4, conv_clamp=256
+    ),
+    "ffhq256": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=256, channel_base=16384, num_fp16_res=4, conv_clamp=256),
+    "ffhq1024": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=1024, channel_base=32768, num_fp16_res=4, conv_clamp=256),
+}
+BASELINE_MODE = "eager-fp32"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What `run_bench` measures.
+
+    Attributes:
+        shapes: Model shapes, keys of `SHAPES`.
+        modes: Step modes (see the module docstring); None: `default_modes(device)`.
+        batch_sizes: Images per step.
+        steps: Timed steps per shape, mode and batch size (after the warm-up steps).
+        device: "cpu", "cuda", or None for CUDA when available.
+        vgg_resolution: Side length φ resizes to (256 as in the method).
+        seed: Seed of the random weights, observations and starting latents.
+    """
+
+    shapes: tuple[str, ...] = ("ffhqlike64",)
+    modes: tuple[str, ...] | None = None
+    batch_sizes: tuple[int, ...] = (1,)
+    steps: int = 10
+    device: str | None = None
+    vgg_resolution: int = 256
+    seed: int = 0
+
+    def resolved_device(self) -> torch.device:
+        if self.device is None:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device not in ("cpu", "cuda"):
+            raise UserError(f"unknown device {self.device!r}; choose cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but torch sees no CUDA device")
+        return torch.device(self.device)
+
+
+def default_modes(device: torch.device) -> tuple[str, ...]:
+    """The baseline and the compiled modes worth comparing on `device`.
+
+    bf16 is left out on the CPU: without native bf16 instructions (avx512_bf16 / AMX) its
+    convolutions are emulated and many times slower than float32; ask for it by name.
+    """
+    if device.type == "cuda":
+        return (BASELINE_MODE, "compiled-fp32", "compiled-bf16", "compiled-bf16-graphs")
+    return (BASELINE_MODE, "compiled-fp32")
+
+
+def parse_mode(mode: str) -> StepOptions:
+    """'compiled-bf16-graphs' -> StepOptions(compile=True, precision='bf16', cuda_graphs=True)."""
+    parts = mode.split("-")
+    graphs = parts[-1] == "graphs"
+    if graphs:
+        parts = parts[:-1]
+    if len(parts) != 2 or parts[0] not in ("eager", "compiled") or parts[1] not in PRECISIONS:
+        raise UserError(f"unknown mode {mode!r}; expected {{eager|compiled}}-{{{'|'.join(PRECISIONS)}}}[-graphs]")
+    return StepOptions(compile=parts[0] == "compiled", precision=parts[1], cuda_graphs=graphs)  # type: ignore[arg-type]
+
+
+def _check(options: BenchOptions, device: torch.device, modes: tuple[str, ...]) -> None:
+    unknown = [s for s in options.shapes if s not in SHAPES]
+    if unknown or not options.shapes:
+        raise UserError(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
+    if not options.batch_sizes or min(options.batch_sizes) < 1 or options.steps < 1:
+        raise UserError("batch sizes and steps must be >= 1")
+    for mode in modes:
+        parse_mode(mode).check(device)
+
+
+@dataclass
+class _Problem:
+    """One shape at one batch size: the objective and the starting latents every mode copies."""
+
+    objective: Objective
+    w0: torch.Tensor
+    z0: torch.Tensor
+    flops: int
+
+
+def _build_models(config: GeneratorConfig, vgg_resolution: int, seed: int, device: torch.device) -> tuple[Generator, VGG16Features, Inpainting]:
+    torch.manual_seed(seed)  # Generator() draws its random weights from the global generator
+    G = Generator(config).eval().requires_grad_(False).to(device)
+    vgg = VGG16Features.random(seed, vgg_resolution).to(device)
+    return G, vgg, Inpainting.from_preset("eyes", config.img_resolution).to(device)
+
+
+def _count_flops(objective: Objective, w0: torch.Tensor, z0: torch.Tensor) -> int:
+    """FLOPs of one forward and backward pass of the objective (eager float32)."""
+    w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter:
+        terms, _ = objective(w, z)
+        terms[0].sum().backward()
+    return counter.get_total_flops()
+
+
+def _problem(models: tuple[Generator, VGG16Features, Inpainting], batch: int, seed: int) -> _Problem:
+    G, vgg, operator = models
+    device = next(G.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    z_obs = torch.randn(batch, G.z_dim, generator=gen).to(device)
+    z0 = torch.randn(batch, G.z_dim, generator=gen).to(device)
+    with torch.no_grad():
+        observation = operator(generator_to_255(G.synthesis(G.mapping(z_obs))))
+        w0 = G.mapping(z0)
+    objective = Objective(G, operator, vgg, method_settings("lbrgm"), observation, None)
+    return _Problem(objective, w0, z0, _count_flops(objective, w0, z0))
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    """Peak device memory on CUDA; peak resident set size of the process on the CPU (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(step: Callable[[], object], steps: int, device: torch.device) -> tuple[float, float | None]:
+    """(wall seconds, process CPU seconds or None) per step.
+
+    CPU: medians over single steps; the CPU time is what the step cost this process's threads,
+    which waiting for a core on a shared machine does not inflate. CUDA: the mean over an
+    unsynchronised block of steps, as the real loop runs them.
+    """
+    if device.type == "cuda":
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        return (time.perf_counter() - start) / steps, None
+    wall, cpu = [], []
+    for _ in range(steps):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def _measure(problem: _Problem, mode: str, steps: int, device: torch.device) -> dict[str, object]:
+    """Build a fresh optimiser and step for `mode`, warm it up, time it."""
+    options = parse_mode(mode)
+    w = problem.w0.clone().requires_grad_(True)
+    z = problem.z0.clone().requires_grad_(True)
+    settings = problem.objective.settings
+    optimizer = make_optimizer([w, z], settings.lr, settings.betas, options, device)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    _reset_peak_memory(device)
+    step = make_step(problem.objective, optimizer, w, z, options)
+    _sync(device)
+    start = time.perf_counter()
+    # One more than the compile / capture calls, so that first-touch costs (allocator,
+    # oneDNN primitives, cuDNN search) stay out of the timed steps in every mode.
+    for _ in range(options.warmup_calls + 1):
+        step()
+    _sync(device)
+    warmup_seconds = time.perf_counter() - start
+    seconds, cpu_seconds = _time_steps(step, steps, device)
+    batch = problem.w0.shape[0]
+    return {
+        "mode": mode,
+        "ms_per_step": seconds * 1e3,
+        "cpu_ms_per_step": None if cpu_seconds is None else cpu_seconds * 1e3,
+        "ms_per_image_step": seconds * 1e3 / batch,
+        "image_steps_per_s": batch / seconds,
+        "peak_memory_bytes": _peak_memory(device),
+        "tflops": problem.flops / seconds / 1e12,
+        # What compiling / capturing cost beyond the steps it ran.
+        "compile_seconds": max(warmup_seconds - (options.warmup_calls + 1) * seconds, 0.0) if options.warmup_calls else 0.0,
+        # A sanity check read after timing: a mode whose loss overflowed is not a fast mode.
+        "loss_finite": bool(torch.isfinite(step()[0][0]).all()),
+    }
+
+
+def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], None] | None = None) -> list[dict[str, object]]:
+    """Measure every shape x batch size x mode; returns one dict per measurement.
+
+    Each dict has: shape, batch, mode, device, threads (CPU threads, None on CUDA), steps,
+    ms_per_step, cpu_ms_per_step (CPU only: process CPU time, robust to a busy machine),
+    ms_per_image_step, image_steps_per_s, peak_memory_bytes (device memory on CUDA, process
+    RSS on the CPU; None where unknown), gflop_per_step, tflops, speedup_vs_eager (wall time
+    vs "eager-fp32" at the same shape and batch; None if that was not measured),
+    compile_seconds, and loss_finite (the loss after the timed steps is finite).
+    `on_result` is called with each dict as soon as it is measured.
+    """
+    device = options.resolved_device()
+    modes = options.modes or default_modes(device)
+    _check(options, device, modes)
+    # The baseline first, so every later result can carry its speed-up.
+    modes = tuple(sorted(modes, key=lambda m: m != BASELINE_MODE))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick the fastest algorithms
+    results: list[dict[str, object]] = []
+    for shape in options.shapes:
+        models = _build_models(SHAPES[shape], options.vgg_resolution, options.seed, device)
+        for batch in options.batch_sizes:
+            problem = _problem(models, batch, options.seed)
+            baseline: float | None = None
+            for mode in modes:
+                result: dict[str, object] = {
+                    "shape": shape,
+                    "batch": batch,
+                    "device": device.type,
+                    "threads": None if device.type == "cuda" else torch.get_num_threads(),
+                    "steps": options.steps,
+                    "gflop_per_step": problem.flops / 1e9,
+                }
+                result.update(_measure(problem, mode, options.steps, device))
+                if mode == BASELINE_MODE:
+                    baseline = float(result["ms_per_step"])  # type: ignore[arg-type]
+                result["speedup_vs_eager"] = None if baseline is None else baseline / float(result["ms_per_step"])  # type: ignore[arg-type]
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    return results
+
+
+def _fmt(value: object, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def render_table(results: list[dict[str, object]]) -> Table:
+    """A rich table of `run_bench` results, one row per shape / batch / mode."""
+    table = Table(title="L-BRGM step")
+    for name in ("shape", "batch", "mode", "ms/step", "image-steps/s", "peak memory", "TFLOP/s", "vs eager", "compile s"):
+        table.add_column(name, justify="left" if name in ("shape", "mode") else "right")
+    for r in results:
+        peak = r["peak_memory_bytes"]
+        table.add_row(
+            str(r["shape"]),
+            str(r["batch"]),
+            str(r["mode"]),
+            _fmt(r["ms_per_step"], ".1f"),
+            _fmt(r["image_steps_per_s"], ".2f"),
+            "–" if peak is None else f"{int(peak) / 2**30:.2f} GiB",  # type: ignore[call-overload]
+            _fmt(r["tflops"], ".3f"),
+            "–" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x",
+            _fmt(r["compile_seconds"], ".1f"),
+        )
+    return table
+
+
+def machine_description(device: torch.device) -> str:
+    """One line naming the processor or GPU, the torch version and the CPU threads."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_name()
+    return f"{name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads of {os.cpu_count()}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

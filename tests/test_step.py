@@ -1,0 +1,405 @@
+"""The optimisation step: compiled and mixed-precision loops against the eager float32 loop of
+the research code, batching, the iterate contract, the fp16 loss scale, options, profiling.
+
+The reference is always the eager float32 step with PyTorch's plain Adam (float learning rate),
+i.e. the research code's numerics; fast steps use `make_optimizer`'s Adam, so the comparison
+covers the optimiser settings too.
+
+Agreement bounds on the tiny32 fixture (φ at 32 px to keep the CPU cost low), batch 2:
+  compiled fp32, 20 steps: loss within 1 % per sample, PSNR(images) >= 40 dB
+      (measured: 0.10 % / 0.05 %, 59.8 / 45.9 dB);
+  bf16 autocast, 40 steps: loss within 5 % per sample, PSNR >= 30 dB
+      (measured: 1.3 % / 0.2 %, 36.4 / 35.1 dB).
+PSNR is between the two loops' images in the generator's [-1, 1] range (peak-to-peak 2). bf16
+cannot meet the 1 % loss bound step for step: one bf16 evaluation of the same iterate already
+differs by 0.2-0.5 %, and Adam turns rounding in near-zero gradients into lr-sized moves (even
+float32 batching changes the loss by ~0.3 % after 10 steps, see the batching test).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lbrgm_fast.errors import UserError
+from lbrgm_fast.methods import method_settings
+from lbrgm_fast.model import Generator
+from lbrgm_fast.operators import Inpainting
+from lbrgm_fast.perceptual import VGG16Features
+from lbrgm_fast.reconstruct import Objective, generator_to_255
+from lbrgm_fast.runtime import Profiler
+from lbrgm_fast.runtime.step import (
+    FP16_LOSS_SCALE,
+    StepOptions,
+    auto_step_options,
+    load_optimizer_state,
+    make_optimizer,
+    make_step,
+    profile_steps,
+)
+
+from reference import nvidia_generator
+
+VGG_RES = 32  # φ's resolution in these tests (256 in the method): the same as test_bench's compiled run
+SETTINGS = method_settings("lbrgm")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample PSNR between images in [-1, 1] (peak-to-peak 2)."""
+    mse = (a.double() - b.double()).square().flatten(1).mean(dim=1)
+    return 10 * torch.log10(4.0 / mse)
+
+
+def make_objective(G: Generator, batch: int, seed: int = 0) -> tuple[Objective, torch.Tensor, torch.Tensor]:
+    """The real L-BRGM objective on 'eyes' inpainting of `batch` generated images, and start latents."""
+    gen = torch.Generator().manual_seed(seed)
+    operator = Inpainting.from_preset("eyes", G.img_resolution)
+    with torch.no_grad():
+        observation = operator(generator_to_255(G(torch.randn(batch, G.z_dim, generator=gen))))
+        z0 = torch.randn(batch, G.z_dim, generator=gen)
+        w0 = G.mapping(z0)
+    objective = Objective(G, operator, VGG16Features.random(seed, VGG_RES), SETTINGS, observation, None)
+    return objective, w0, z0
+
+
+def run_loop(
+    objective: nn.Module,
+    w0: torch.Tensor,
+    z0: torch.Tensor,
+    options: StepOptions | None,
+    steps: int,
+    profiler: Profiler | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`steps` steps from (w0, z0); options None is the research code's loop (eager fp32, plain
+    Adam). Returns the last step's terms and images (of the iterate before the last update) and w+."""
+    w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    if options is None:
+        optimizer = torch.optim.Adam([w, z], lr=SETTINGS.lr, betas=SETTINGS.betas)
+        options = StepOptions()
+    else:
+        optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, options, "cpu")
+    step = make_step(objective, optimizer, w, z, options, profiler)
+    for _ in range(steps):
+        terms, images, _, _ = step()
+    return terms, images, w.detach()
+
+
+@pytest.fixture(scope="module")
+def tiny_problem() -> tuple[Objective, torch.Tensor, torch.Tensor]:
+    return make_objective(nvidia_generator("tiny32"), batch=2)
+
+
+# -- agreement with the research code's loop ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_compiled_fp32_loop_matches_eager(tiny_problem) -> None:
+    terms, images, _ = run_loop(*tiny_problem, StepOptions(compile=True), steps=20)
+    ref_terms, ref_images, _ = run_loop(*tiny_problem, None, steps=20)
+    rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
+    assert rel < 0.01, f"compiled loss differs by {rel:.2%}"
+    assert psnr(images, ref_images).min() > 40
+
+
+@pytest.mark.slow
+def test_bf16_loop_matches_eager(tiny_problem) -> None:
+    # Eager bf16: autocast itself is what is tested (compiling it would only add CPU time).
+    terms, images, _ = run_loop(*tiny_problem, StepOptions(precision="bf16"), steps=40)
+    ref_terms, ref_images, _ = run_loop(*tiny_problem, None, steps=40)
+    rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
+    assert rel < 0.05, f"bf16 loss differs by {rel:.2%}"
+    assert psnr(images, ref_images).min() > 30
+
+
+def test_batched_restarts_equal_separate_runs() -> None:
+    # Two restarts of one observation in one batch follow the same path as two separate runs:
+    # every loss term is per sample and Adam is element-wise. Only the summation order inside
+    # batched convolutions differs; Adam turns such rounding in near-zero gradients into
+    # lr-sized moves, so later iterates agree to the loops' tolerance, not bit for bit.
+    G = nvidia_generator("tiny32")
+    objective, _, _ = make_objective(G, batch=1)
+    starts = torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        w_starts = G.mapping(starts)
+    both = Objective(G, objective.operator, objective.perceptual, SETTINGS, objective.observation.expand(2, -1, -1, -1), None)
+    for steps, loss_rtol, min_psnr in ((1, 1e-5, 80.0), (10, 1e-2, 40.0)):
+        terms, images, _ = run_loop(both, w_starts, starts, None, steps=steps)
+        for i in range(2):
+            t_i, images_i, _ = run_loop(objective, w_starts[i : i + 1], starts[i : i + 1], None, steps=steps)
+            assert abs(terms[0, i] - t_i[0, 0]) <= loss_rtol * t_i[0, 0], f"step {steps}, restart {i}"
+            assert psnr(images[i : i + 1], images_i) > min_psnr
+
+
+def test_step_returns_the_iterate_before_the_update() -> None:
+    objective, w0, z0 = make_objective(nvidia_generator("tiny32"), batch=1)
+    w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, StepOptions(), "cpu")
+    step = make_step(objective, optimizer, w, z)
+    step()
+    terms, images, w_before, z_before = step()
+    assert not torch.equal(w_before, w.detach()), "the latents were not updated"
+    with torch.no_grad():
+        ref_terms, ref_images = objective(w_before, z_before)
+    torch.testing.assert_close(terms, ref_terms)
+    torch.testing.assert_close(images, ref_images)
+    assert not terms.requires_grad and not images.requires_grad
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Records every op that copies a tensor value to the host (what would sync a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_objective_forward_and_backward_never_read_values_to_the_host() -> None:
+    # The GPU step replays as a CUDA graph only if nothing in it reads a value back (.item(),
+    # bool(tensor), data-dependent Python branches). Capturable Adam is sync-free by design;
+    # here the model side: G -> A -> φ -> loss -> backward.
+    objective, w0, z0 = make_objective(nvidia_generator("ffhqlike64"), batch=1)
+    w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    with _ScalarReads() as mode:
+        terms, _ = objective(w, z)
+        terms[0].sum().backward()
+    assert mode.reads == []
+
+
+# -- toy objective: cheap checks of the step machinery ----------------------------------------
+
+
+class ToyObjective(nn.Module):
+    """An objective with Objective's call signature, cheap enough to compile many times.
+
+    `eager_calls` counts forward passes run by the Python interpreter outside compilation: a
+    compiled step runs the forward only while Dynamo traces it.
+    """
+
+    def __init__(self, generator: Generator | None = None) -> None:
+        super().__init__()
+        self.generator = generator
+        self.register_buffer("target", torch.linspace(-1.0, 1.0, 16))
+        self.eager_calls = 0
+
+    def forward(self, w_plus: torch.Tensor, z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not torch.compiler.is_compiling():
+            self.eager_calls += 1
+        images = torch.tanh(w_plus)  # [B, L, 16]; element-wise, so autocast leaves it float32
+        data = (images - self.target).square().flatten(1).mean(dim=1)
+        prior = z.square().mean(dim=1)
+        return torch.stack([data + 0.1 * prior, data, prior]), images
+
+
+def toy_latents(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 4, 16, generator=gen), torch.randn(2, 16, generator=gen)
+
+
+@pytest.mark.slow
+def test_compiled_steps_stay_compiled_run_after_run() -> None:
+    # torch caches compiled code per code object, with at most `recompile_limit` (8) entries
+    # and two per run here (Adam's state empty, then filled); past the limit it silently runs
+    # eagerly. make_step starts each run from a clean compile cache, so run 6 still compiles.
+    w0, z0 = toy_latents()
+    for run in range(6):
+        objective = ToyObjective()
+        profiler = Profiler()
+        terms, _, w = run_loop(objective, w0, z0, StepOptions(compile=True), steps=4, profiler=profiler)
+        assert objective.eager_calls == 0, f"run {run} fell back to eager"
+        assert profiler.seconds["compile"] > 0  # the first calls' time is reported apart
+    ref_terms, _, ref_w = run_loop(ToyObjective(), w0, z0, None, steps=4)
+    # Float32 rounding differs (fused kernels; Adam's step size in float32, not double).
+    torch.testing.assert_close(terms, ref_terms, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w, ref_w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_memory_budget_recomputes_without_changing_results() -> None:
+    w0, z0 = toy_latents()
+    terms, _, w = run_loop(ToyObjective(), w0, z0, StepOptions(compile=True, memory_budget=0.05), steps=4)
+    ref_terms, _, ref_w = run_loop(ToyObjective(), w0, z0, None, steps=4)
+    # Float32 rounding differs (fused kernels; Adam's step size in float32, not double).
+    torch.testing.assert_close(terms, ref_terms, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w, ref_w, rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_step_hands_adam_the_unscaled_gradient() -> None:
+    # The toy's arithmetic stays float32 under autocast (no op in autocast's lists), so the
+    # fp16 step's gradient must equal the fp32 one exactly: scaling by a power of two and
+    # dividing back is exact.
+    w0, z0 = toy_latents()
+    grads = {}
+    for precision in ("fp32", "fp16"):
+        w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+        seen = []
+        w.register_hook(lambda g, seen=seen: seen.append(g.clone()))
+        optimizer = make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu")
+        make_step(ToyObjective(nvidia_generator("tiny32")), optimizer, w, z, StepOptions(precision=precision))()
+        grads[precision] = (seen[0], w.grad.clone())
+    # What backward saw was scaled; what Adam got was not.
+    torch.testing.assert_close(grads["fp16"][0], grads["fp32"][0] * FP16_LOSS_SCALE, rtol=0, atol=0)
+    torch.testing.assert_close(grads["fp16"][1], grads["fp32"][1], rtol=0, atol=0)
+
+
+def test_resuming_keeps_the_optimizer_settings() -> None:
+    # A run saved by the research code's Adam (float lr, not capturable) resumes with the fast
+    # optimiser's settings, and continues as the uninterrupted run.
+    w0, z0 = toy_latents()
+    w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    plain = torch.optim.Adam([w, z], lr=0.1, betas=(0.9, 0.999))
+    step = make_step(ToyObjective(), plain, w, z)
+    for _ in range(3):
+        step()
+    fast = make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(compile=True), "cpu")
+    load_optimizer_state(fast, plain.state_dict())
+    group = fast.param_groups[0]
+    assert isinstance(group["lr"], torch.Tensor) and group["foreach"] is False
+    assert fast.state[w]["step"] == 3
+    step = make_step(ToyObjective(), fast, w, z)
+    for _ in range(2):
+        step()
+    _, _, ref_w = run_loop(ToyObjective(), w0, z0, None, steps=5)
+    torch.testing.assert_close(w.detach(), ref_w, rtol=1e-5, atol=1e-6)
+
+
+def test_precision_sets_the_low_precision_blocks() -> None:
+    G = nvidia_generator("ffhqlike64")  # num_fp16_res 4: blocks 8 ... 64 run in fp16 at NVIDIA
+    w0, z0 = toy_latents()
+    for precision, expected in (("bf16", {4, 8, 16, 32, 64}), ("fp16", {8, 16, 32, 64})):
+        w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+        make_step(ToyObjective(G), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z, StepOptions(precision=precision))
+        assert G.synthesis.low_precision_resolutions == expected
+
+
+# -- options, compile-time reporting, profiling ------------------------------------------------
+
+
+def test_auto_options_per_device() -> None:
+    assert auto_step_options("cpu") == StepOptions(compile=True, precision="fp32", cuda_graphs=False)
+    assert auto_step_options("cpu", steps=2000) == StepOptions(compile=True)
+    assert auto_step_options("cpu", steps=50) == StepOptions()  # compiling would not pay off
+    assert auto_step_options("cpu", steps=50, compile=True) == StepOptions(compile=True)
+    assert auto_step_options("cpu", compile=False) == StepOptions()
+    with pytest.raises(UserError, match="CUDA graphs"):
+        auto_step_options("cpu", cuda_graphs=True)
+    with pytest.raises(UserError, match="compiled step"):
+        StepOptions(memory_budget=0.5).check(torch.device("cpu"))
+    with pytest.raises(UserError, match="precision"):
+        StepOptions(precision="fp8").check(torch.device("cpu"))  # type: ignore[arg-type]
+
+
+def test_warmup_calls_per_mode() -> None:
+    # How many first calls compile / capture (and go to the "compile" phase); eager: none.
+    w0, z0 = toy_latents()
+    w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    profiler = Profiler()
+    step = make_step(ToyObjective(), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z, StepOptions(), profiler)
+    step()
+    assert "compile" not in profiler.seconds
+    assert StepOptions().warmup_calls == 0
+    assert StepOptions(compile=True).warmup_calls == 2
+    assert StepOptions(compile=True, cuda_graphs=True).warmup_calls == 4
+
+
+def test_profile_steps_writes_a_trace_after_the_window(tmp_path) -> None:
+    w0, z0 = toy_latents()
+    w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+    step = make_step(ToyObjective(), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z)
+    profiled = profile_steps(step, 2, tmp_path / "prof", skip=1)
+    profiled()
+    profiled()
+    assert not (tmp_path / "prof").exists(), "wrote before the window ended"
+    terms, *_ = profiled()
+    assert terms.shape == (3, 2)
+    trace = json.loads((tmp_path / "prof" / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert "lbrgm_step" in names
+    assert "aten::" in (tmp_path / "prof" / "ops.txt").read_text()
+    profiled()  # later calls just step
+
+
+# -- CUDA only (skipped without a GPU; bench/gpu_check.sh runs them on the lent machine) -------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cuda_loop(objective: Objective, w0: torch.Tensor, z0: torch.Tensor, options: StepOptions | None, steps: int):
+    """run_loop on the GPU: options None is the research code's loop (eager fp32, plain Adam)."""
+    device = torch.device("cuda")
+    w, z = w0.to(device).requires_grad_(True), z0.to(device).requires_grad_(True)
+    if options is None:
+        optimizer = torch.optim.Adam([w, z], lr=SETTINGS.lr, betas=SETTINGS.betas)
+        options = StepOptions()
+    else:
+        optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, options, device)
+    step = make_step(objective, optimizer, w, z, options)
+    for _ in range(steps):
+        terms, images, _, _ = step()
+    return terms.cpu(), images.float().cpu(), step
+
+
+def cuda_problem(name: str, batch: int) -> tuple[Objective, torch.Tensor, torch.Tensor]:
+    """tiny32: the fixture with φ at VGG_RES; ffhq1024: config-f with random weights, φ at 256."""
+    from lbrgm_fast.bench import SHAPES
+
+    if name == "tiny32":
+        objective, w0, z0 = make_objective(nvidia_generator("tiny32"), batch)
+        return objective.cuda(), w0, z0
+    torch.manual_seed(0)
+    G = Generator(SHAPES[name]).eval().requires_grad_(False).cuda()
+    gen = torch.Generator().manual_seed(0)
+    operator = Inpainting.from_preset("eyes", G.img_resolution).cuda()
+    with torch.no_grad():
+        observation = operator(generator_to_255(G(torch.randn(batch, G.z_dim, generator=gen).cuda())))
+        z0 = torch.randn(batch, G.z_dim, generator=gen)
+        w0 = G.mapping(z0.cuda()).cpu()
+    objective = Objective(G, operator, VGG16Features.random(0, 256).cuda(), SETTINGS, observation, None)
+    return objective, w0, z0
+
+
+@cuda
+def test_cuda_graph_replay_matches_the_eager_step() -> None:
+    # CUDA graphs alone (eager fp32 captured): the same kernels, so the 1 % / 40 dB bounds.
+    problem = cuda_problem("tiny32", batch=2)
+    ref_terms, ref_images, _ = cuda_loop(*problem, None, steps=20)
+    terms, images, _ = cuda_loop(*problem, StepOptions(cuda_graphs=True), steps=20)
+    assert ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max() < 0.01
+    assert psnr(images, ref_images).min() > 40
+
+
+@cuda
+@pytest.mark.parametrize("options", [StepOptions(), StepOptions(compile=True, precision="bf16", cuda_graphs=True)], ids=["eager", "graphs"])
+def test_cuda_steps_never_synchronise(options: StepOptions) -> None:
+    # After warm-up, a step must not wait for the GPU: torch raises on any synchronising call.
+    objective, w0, z0 = cuda_problem("tiny32", batch=2)
+    _, _, step = cuda_loop(objective, w0, z0, options, steps=options.warmup_calls + 1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# Last, and 1024 after tiny32: bench/gpu_check.sh runs these under a time limit, cheap ones first.
+@cuda
+@pytest.mark.parametrize("name", ["tiny32", "ffhq1024"])
+def test_cuda_fast_loop_matches_eager_fp32(name: str) -> None:
+    # The GPU default (compiled + bf16 + CUDA graphs) against the research code's loop, with
+    # the CPU bf16 bounds: loss within 5 %, PSNR >= 30 dB after 40 steps.
+    problem = cuda_problem(name, batch=2 if name == "tiny32" else 1)
+    ref_terms, ref_images, _ = cuda_loop(*problem, None, steps=40)
+    terms, images, _ = cuda_loop(*problem, StepOptions(compile=True, precision="bf16", cuda_graphs=True), steps=40)
+    rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
+    assert rel < 0.05, f"loss differs by {rel:.2%}"
+    assert psnr(images, ref_images).min() > 30
