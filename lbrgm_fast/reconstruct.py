@@ -334,12 +334,15 @@ class Reconstructor:
                 measured = objective.operator(generator_to_255(self.engine.generate(z)))
                 # Score every candidate against every observation that shares this seed.
                 per_row = []
+                shared_feats = None  # without a holdout mask every row sees the same candidates
                 for r in rows:
                     view = measured if objective.keep is None else measured * objective.keep[r : r + 1]
                     if objective.perceptual is None:
                         per_row.append((view - objective.observation[r : r + 1]).square().flatten(1).mean(dim=1))
                         continue
-                    feats = self.engine.features(view / 127.5 - 1)
+                    if objective.keep is not None or shared_feats is None:
+                        shared_feats = self.engine.features(view / 127.5 - 1)
+                    feats = shared_feats
                     targets = [t[r : r + 1] for t in objective.target_features]
                     per_row.append(objective.perceptual.feature_distance(feats, targets) / objective.perceptual.num_elements)
                 scores.append(torch.stack(per_row))  # [rows, chunk]

@@ -247,3 +247,14 @@ def test_bad_observations_are_user_errors(tiny32: Generator) -> None:
         rec.run(torch.zeros(2, 3, 32, 32), Inpainting.from_preset("bar", 32), seed=[1, 2, 3])
     with pytest.raises(UserError):
         Reconstructor(tiny32, None, early_stop="sometimes")  # type: ignore[arg-type]
+
+
+def test_rows_sharing_a_seed_get_their_own_best_candidate(tiny32: Generator) -> None:
+    """Rows with one seed share the candidate images (and, without holdout, their features)."""
+    op = Inpainting.from_preset("eyes", 32)
+    y = op(in_range_batch(tiny32, 2, seed=7))
+    rec = Reconstructor(tiny32, VGG16Features.random(0, resolution=16), steps=0, candidates=6, candidate_batch=4, early_stop="none")
+    both = rec.run(y, op, seed=2)
+    for i in range(2):
+        assert torch.equal(both.initial_z[i], rec.run(y[i : i + 1], op, seed=2).initial_z[0])
+    assert not torch.equal(both.initial_z[0], both.initial_z[1])
