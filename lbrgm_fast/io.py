@@ -104,26 +104,26 @@ def load_image(path: str | Path, size: int | None = None, strict: bool = False) 
     return tensor.contiguous(), notes
 
 
-def find_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
-    """Expand files, folders (their images, sorted) and globs; returns (paths, problems)."""
+def find_inputs(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand files, folders (their images, sorted) and globs; returns (paths, [(input, problem)])."""
     found: list[Path] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
             images = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
-                problems.append(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+                problems.append((pattern, f"folder has no images ({', '.join(IMAGE_SUFFIXES)})"))
             found.extend(images)
         elif p.exists():
             found.append(p)
         elif any(ch in pattern for ch in "*?["):
             matches = sorted(Path().glob(pattern)) if not p.is_absolute() else sorted(Path(p.anchor).glob(str(p.relative_to(p.anchor))))
             if not matches:
-                problems.append(f"{pattern}: no files match")
+                problems.append((pattern, "no files match"))
             found.extend(m for m in matches if m.is_file())
         else:
-            problems.append(f"{p}: no such file")
+            problems.append((pattern, "no such file"))
     unique: list[Path] = []
     for q in found:
         if q not in unique:

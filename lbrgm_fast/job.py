@@ -397,7 +397,7 @@ def run_job(
         raise UserError(f"unknown task {options.task!r}; choose inpaint, superres or project")
     device = choose_device(options.device)
     paths, problems = find_inputs(options.inputs)
-    outcomes = [InputOutcome(name=p, source=p, status="failed", message=p) for p in problems]
+    outcomes = [InputOutcome(name=name, source=name, status="failed", message=problem) for name, problem in problems]
     if not paths:
         if not outcomes:
             raise UserError("no inputs given")
