@@ -154,6 +154,7 @@ class PreparedInput:
     observation: torch.Tensor  # [3, h, w] in [0, 1]
     ground_truth: torch.Tensor | None
     factor: int | None
+    saved_state: dict | None = None  # this input's slice of an interrupted run (--resume)
 
 
 def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: InputOutcome, mask: torch.Tensor | None) -> PreparedInput:
@@ -429,18 +430,17 @@ def run_job(
             continue
         try:
             with profiler.phase("io"):
-                prepared.append(prepare_input(path, options, resolution, outcome, mask))
+                item = prepare_input(path, options, resolution, outcome, mask)
+                if options.resume:
+                    item.saved_state = _load_state(outcome.folder / STATE_FILE)
+                prepared.append(item)
         except UserError as exc:
             outcome.status, outcome.message = "failed", str(exc)
 
     # Batches share one operator: group super-resolution inputs by factor, resumed ones by step.
-    def group_key(p: PreparedInput) -> tuple[int | None, int]:
-        state = _load_state(p.outcome.folder / STATE_FILE) if options.resume else None  # type: ignore[operator]
-        return p.factor, (state or {}).get("step", 0)
-
     groups: dict[tuple[int | None, int], list[PreparedInput]] = {}
     for p in prepared:
-        groups.setdefault(group_key(p), []).append(p)
+        groups.setdefault((p.factor, (p.saved_state or {}).get("step", 0)), []).append(p)
     for (factor, _), members in groups.items():
         operator = shared_operator or build_operator(options, resolution, factor)
         for start in range(0, len(members), options.batch_size):
@@ -477,11 +477,9 @@ def _run_batch(
     for f in folders:
         f.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
     resume = None
-    if options.resume:
-        parts = [_load_state(f / STATE_FILE) for f in folders]  # type: ignore[operator]
-        if all(p is not None for p in parts):
-            resume = _stack_states(parts)  # type: ignore[arg-type]
-            reporter.note(f"resuming {', '.join(p.outcome.name for p in batch)} at step {resume.step}")
+    if all(p.saved_state is not None for p in batch):
+        resume = _stack_states([p.saved_state for p in batch])  # type: ignore[misc]
+        reporter.note(f"resuming {', '.join(p.outcome.name for p in batch)} at step {resume.step}")
 
     def save_states(state: ReconstructionState) -> None:
         for i, f in enumerate(folders):
