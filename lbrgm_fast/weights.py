@@ -8,6 +8,7 @@ WeightsNotFoundError saying which file to put where.
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,6 +93,21 @@ def resolve_weights(kind: WeightKind, path: str | Path | None = None, download: 
     return cached
 
 
+def _reason(exc: BaseException) -> str:
+    """The informative line of a torch.load failure.
+
+    torch's weights-only errors open with generic advice to retry with weights_only=False (which
+    would allow arbitrary code to run); the actual reason is the "WeightsUnpickler error" line.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines if line.startswith("WeightsUnpickler error")]
+    if specific:
+        return specific[0].removeprefix("WeightsUnpickler error:").strip()
+    if lines and not lines[0].startswith("Weights only load failed"):
+        return lines[0]
+    return f"{type(exc).__name__} (corrupt, truncated or not written by torch.save)"
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a PyTorch state dict safely (`weights_only=True`, on the CPU).
 
@@ -102,10 +118,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file not found: {path}")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it may not support; the error below says enough.
+            warnings.simplefilter("ignore", UserWarning)
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except _UNREADABLE as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable PyTorch state dict: {first}") from None
+        raise UserError(f"{path} is not a readable PyTorch state dict: {_reason(exc)}") from None
     if not isinstance(sd, Mapping) or not sd or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
     ):

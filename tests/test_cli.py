@@ -170,6 +170,14 @@ def test_missing_vgg_weights_say_where_to_put_them(face: Path, tmp_path: Path) -
     assert result.exit_code == 2 and "nope.pth" in result.output and "Traceback" not in result.output
 
 
+def test_corrupt_vgg_weights_are_one_line_without_unsafe_advice(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "vgg16.pth"
+    truncated.write_bytes(Path(weights["vgg16"]).read_bytes()[:5000])
+    result = invoke("run", "--checkpoint", PICKLE, "--vgg16", truncated, "--mask-preset", "eyes", "--out", tmp_path, face)
+    assert result.exit_code == 2 and "vgg16.pth is not a readable PyTorch state dict" in result.output
+    assert "weights_only" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_demo_runs_offline(tmp_path: Path) -> None:
     summary = run_demo(tmp_path, steps=20)
