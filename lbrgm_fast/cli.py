@@ -140,6 +140,7 @@ def run(
     compile_step: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on for runs of 500+ steps; the first compile takes minutes on a CPU).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 on GPUs that have it, else fp32).")] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the step as a CUDA graph (default: on with CUDA).")] = None,
+    memory_budget: Annotated[float, typer.Option(help="Fraction (0, 1] of the activations the compiled step keeps for its backward pass; lower recomputes the rest (for large --batch-size).")] = 1.0,
     profile: Annotated[Optional[Path], typer.Option(help="Write a torch profiler trace of a few steps into this folder.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
@@ -155,7 +156,7 @@ def run(
             batch_size=batch_size, device=device, early_stop=early_stop, log_every=log_every, frames=frames,
             vgg16=vgg16, alexnet=alexnet, strict=strict, overwrite=overwrite, resume=resume,
             forward_backend=forward_backend, compile=compile_step, precision=precision, cuda_graphs=cuda_graphs,
-            profile=profile,
+            memory_budget=memory_budget, profile=profile,
         )
         outcomes = run_job(options, RichReporter(quiet or json_out))
     for o in outcomes:

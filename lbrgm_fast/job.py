@@ -28,7 +28,7 @@ from lbrgm_fast.plots import plot_curves
 from lbrgm_fast.reconstruct import TERM_NAMES, Progress, ReconstructionResult, ReconstructionState, Reconstructor
 from lbrgm_fast.runtime import Profiler
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
-from lbrgm_fast.runtime.step import StepOptions, auto_step_options
+from lbrgm_fast.runtime.step import auto_step_options
 
 Task = Literal["inpaint", "superres", "project"]
 STATE_FILE = "state.pt"
@@ -70,6 +70,7 @@ class RunOptions:
     compile: bool | None = None
     precision: str | None = None
     cuda_graphs: bool | None = None
+    memory_budget: float = 1.0
     profile: Path | None = None
 
 
@@ -404,12 +405,14 @@ def run_job(
             raise UserError("no inputs given")
         return outcomes
     need_monitor = bool(options.ground_truth or options.degrade) and options.early_stop in ("auto", "oracle")
+    # Checked before the (slow) model loading, so that a bad combination fails at once.
+    step_options = auto_step_options(
+        device, steps=options.steps, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs,  # type: ignore[arg-type]
+        memory_budget=options.memory_budget,
+    )
     profiler = Profiler(device)
     with profiler.phase("load"):
         models = models or load_models(options, device, need_monitor, reporter)
-    step_options = auto_step_options(
-        device, steps=options.steps, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs  # type: ignore[arg-type]
-    )
     for n in models.notes:
         reporter.note(n)
     resolution = models.generator.img_resolution
@@ -441,10 +444,31 @@ def run_job(
     groups: dict[tuple[int | None, int], list[PreparedInput]] = {}
     for p in prepared:
         groups.setdefault((p.factor, (p.saved_state or {}).get("step", 0)), []).append(p)
+    # One Reconstructor per kind of batch (with / without ground truth), kept for the whole job:
+    # it reuses its compiled step and BRGM's prior statistics from one batch to the next.
+    reconstructors: dict[bool, Reconstructor] = {}
     for (factor, _), members in groups.items():
         operator = shared_operator or build_operator(options, resolution, factor)
         for start in range(0, len(members), options.batch_size):
-            _run_batch(members[start : start + options.batch_size], operator, options, models, reporter, profiler, step_options)
+            batch = members[start : start + options.batch_size]
+            has_gt = all(p.ground_truth is not None for p in batch)
+            if has_gt not in reconstructors:
+                reconstructors[has_gt] = Reconstructor(
+                    models.generator,
+                    models.perceptual,
+                    method=options.method,
+                    preset=options.preset,
+                    steps=options.steps,
+                    candidates=options.candidates,
+                    log_every=options.log_every,
+                    early_stop=options.early_stop,  # type: ignore[arg-type]
+                    monitor=models.monitor if has_gt else None,
+                    step_options=step_options,
+                    profile_dir=options.profile,
+                    engine=models.engine,
+                    profiler=profiler,
+                )
+            _run_batch(batch, operator, options, reconstructors[has_gt], models, reporter, profiler)
     return outcomes
 
 
@@ -452,27 +476,13 @@ def _run_batch(
     batch: list[PreparedInput],
     operator: Operator,
     options: RunOptions,
+    rec: Reconstructor,
     models: Models,
     reporter: Reporter,
     profiler: Profiler,
-    step_options: StepOptions,
 ) -> None:
     has_gt = all(p.ground_truth is not None for p in batch)
-    rec = Reconstructor(
-        models.generator,
-        models.perceptual,
-        method=options.method,
-        preset=options.preset,
-        steps=options.steps,
-        candidates=options.candidates,
-        log_every=options.log_every,
-        early_stop=options.early_stop,  # type: ignore[arg-type]
-        monitor=models.monitor if has_gt else None,
-        step_options=step_options,
-        profile_dir=options.profile,
-        engine=models.engine,
-        profiler=profiler,
-    )
+    step_options = rec.step_options
     folders = [p.outcome.folder for p in batch]
     for f in folders:
         f.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]

@@ -29,7 +29,15 @@ from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.priors import CosinePrior, GaussianPrior, LatentPrior, MappingPrior
 from lbrgm_fast.runtime import Profiler
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
-from lbrgm_fast.runtime.step import StepOptions, load_optimizer_state, make_optimizer, make_step, profile_steps
+from lbrgm_fast.runtime.step import (
+    StepOptions,
+    load_optimizer_state,
+    make_optimizer,
+    make_step,
+    prepare_networks,
+    profile_steps,
+    refill_latents,
+)
 
 EarlyStop = Literal["auto", "oracle", "holdout", "none"]
 #: Callable (images, ground_truth) -> (B,) distances, both [B, 3, H, W] in [-1, 1]; lower is better.
@@ -207,6 +215,16 @@ class ReconstructionResult:
     timings: dict[str, object]
 
 
+@dataclass
+class _LoopLatents:
+    """The latents a run optimises and Adam over them, kept for the next run (`_loop_latents`)."""
+
+    key: tuple
+    w_plus: torch.Tensor
+    z: torch.Tensor | None
+    optimizer: torch.optim.Optimizer
+
+
 def _seed_list(seed: int | Sequence[int], batch: int) -> list[int]:
     if isinstance(seed, int):
         return [seed] * batch
@@ -225,7 +243,8 @@ class Reconstructor:
         result = rec.run(observation, Inpainting.from_preset("eyes", 1024))
 
     Args:
-        generator: A frozen generator from `load_generator`.
+        generator: A frozen generator from `load_generator`. With a compiled step on the CPU,
+            its weights (and φ's) are stored channels-last from here on (`prepare_networks`).
         perceptual: φ, e.g. `VGG16Features.from_torchvision_state_dict(...)`.
         method: "lbrgm", "brgm" or "none".
         preset: "authors" (default; the authors' code) or "paper" (the paper text).
@@ -289,8 +308,10 @@ class Reconstructor:
         self.device = next(generator.parameters()).device
         self.step_options = step_options or StepOptions()
         self.step_options.check(self.device)
+        prepare_networks([generator, perceptual], self.step_options, self.device)
         self.profile_dir = None if profile_dir is None else Path(profile_dir)
         self._gaussian_prior: GaussianPrior | None = None
+        self._latents: _LoopLatents | None = None
         self.engine: ForwardEngine = engine or TorchEngine(generator, perceptual, monitor)
         self.profiler = profiler or Profiler(self.device)
 
@@ -417,10 +438,8 @@ class Reconstructor:
             state = resume.to(self.device)
             w_plus, z = state.w_plus.clone(), None if state.z is None else state.z.clone()
 
-        w_plus.requires_grad_(True)
-        params = [w_plus] + ([z.requires_grad_(True)] if z is not None else [])
-        optimizer = make_optimizer(params, settings.lr, settings.betas, self.step_options, self.device)
-
+        structure = (settings, operator.describe(), rule)
+        w_plus, z, optimizer, fresh = self._loop_latents(w_plus, z, structure, None if state is None else state.optimizer)
         if state is None:
             state = ReconstructionState(
                 step=0, w_plus=w_plus.detach(), z=None if z is None else z.detach(), optimizer={},
@@ -429,15 +448,13 @@ class Reconstructor:
                 best_step=torch.zeros(batch, dtype=torch.long, device=self.device),
                 alive=torch.ones(batch, dtype=torch.bool, device=self.device),
             )
-        else:
-            load_optimizer_state(optimizer, state.optimizer)
 
         # The step may switch the generator's blocks to low precision; the caller's generator
         # is left as it was found.
         low_precision = G.synthesis.low_precision_resolutions
         try:
             with prof.phase("optimise"):
-                self._loop(objective, optimizer, w_plus, z, state, rule, y, gt, holdout, on_progress, on_checkpoint, checkpoint_every)
+                self._loop(objective, optimizer, w_plus, z, fresh, state, rule, y, gt, holdout, on_progress, on_checkpoint, checkpoint_every)
         finally:
             G.synthesis.low_precision_resolutions = low_precision
 
@@ -465,12 +482,45 @@ class Reconstructor:
             timings=prof.report(),
         )
 
+    def _loop_latents(
+        self,
+        w_plus: torch.Tensor,
+        z: torch.Tensor | None,
+        structure: tuple,
+        saved_optimizer: dict | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.optim.Optimizer, bool]:
+        """The latents to optimise, holding the values `w_plus`, `z`, and Adam over them
+        (resumed from `saved_optimizer` if given); also whether they are new.
+
+        A run with the previous run's shapes and `structure` (settings, operator, early-stopping
+        rule: what the compiled step is specialised to) gets the previous run's tensors and
+        optimiser back, refilled in place, so that a compiled step is reused rather than traced
+        again for every batch of a job (seconds to tens of seconds each; `make_step`'s `fresh`).
+        The previous run's result never shares these tensors: it holds copies.
+        """
+        key = (tuple(w_plus.shape), None if z is None else tuple(z.shape), structure)
+        reused = self._latents
+        if reused is not None and reused.key == key:
+            values = [w_plus] + ([] if z is None else [z])
+            refill_latents(reused.optimizer, values, saved_optimizer)
+            return reused.w_plus, reused.z, reused.optimizer, False
+        w_plus = w_plus.detach().clone().requires_grad_(True)
+        z = None if z is None else z.detach().clone().requires_grad_(True)
+        settings = structure[0]
+        params = [w_plus] + ([] if z is None else [z])
+        optimizer = make_optimizer(params, settings.lr, settings.betas, self.step_options, self.device)
+        if saved_optimizer is not None:
+            load_optimizer_state(optimizer, saved_optimizer)
+        self._latents = _LoopLatents(key, w_plus, z, optimizer)
+        return w_plus, z, optimizer, True
+
     def _loop(
         self,
         objective: Objective,
         optimizer: torch.optim.Optimizer,
         w_plus: torch.Tensor,
         z: torch.Tensor | None,
+        fresh: bool,
         state: ReconstructionState,
         rule: str,
         y: torch.Tensor,
@@ -480,7 +530,7 @@ class Reconstructor:
         on_checkpoint: Callable[[ReconstructionState], None] | None,
         checkpoint_every: int,
     ) -> None:
-        step_fn = make_step(objective, optimizer, w_plus, z, self.step_options, self.profiler)
+        step_fn = make_step(objective, optimizer, w_plus, z, self.step_options, self.profiler, fresh=fresh)
         if self.profile_dir is not None:
             step_fn = profile_steps(step_fn, PROFILED_STEPS, self.profile_dir, skip=self.step_options.warmup_calls)
         for step in range(state.step, self.steps + 1):

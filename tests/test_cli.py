@@ -109,6 +109,8 @@ def test_one_bad_input_does_not_stop_the_others(weights: dict[str, str], face: P
         (["--mask-preset", "eyes", "--method", "magic"], "unknown method"),
         (["--mask-preset", "eyes", "--task", "denoise"], "unknown task"),
         (["--mask-preset", "eyes", "--batch-size", "0"], "batch-size"),
+        (["--mask-preset", "eyes", "--memory-budget", "0.5"], "needs the compiled step"),  # base_run: --no-compile
+        (["--mask-preset", "eyes", "--memory-budget", "1.5"], "memory budget must be in (0, 1]"),
     ],
 )
 def test_bad_options_are_one_line_exit_2(weights: dict[str, str], face: Path, tmp_path: Path, extra: list[str], message: str) -> None:

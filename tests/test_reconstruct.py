@@ -136,6 +136,21 @@ def test_same_seed_same_result_and_seed_changes_the_start(tiny32: Generator) -> 
     assert not torch.equal(a.initial_z, c.initial_z)
 
 
+def test_a_run_after_another_equals_a_run_on_a_new_reconstructor(tiny32: Generator) -> None:
+    # The second run reuses the first run's latents and Adam, refilled in place (so that a
+    # compiled step is not traced again); nothing of the first run may leak into it, and the
+    # first run's result must not change when the second overwrites those tensors.
+    op = Inpainting.from_preset("mouth", 32)
+    y = op(in_range_batch(tiny32, 2, seed=5))
+    rec = Reconstructor(tiny32, VGG16Features.random(0, resolution=16), steps=6, candidates=3, early_stop="none", log_every=2)
+    first = rec.run(y[:1], op, seed=1)
+    first_w = first.w_plus.clone()
+    second = rec.run(y[1:], op, seed=2)
+    alone = Reconstructor(tiny32, rec.perceptual, steps=6, candidates=3, early_stop="none", log_every=2).run(y[1:], op, seed=2)
+    assert torch.equal(second.w_plus, alone.w_plus) and torch.equal(second.images, alone.images)
+    assert torch.equal(first.w_plus, first_w)
+
+
 def test_initial_z_is_the_best_candidate_by_the_data_term(tiny32: Generator) -> None:
     op = Inpainting.from_preset("right-half", 32)
     y = op(in_range_batch(tiny32, 1))

@@ -18,11 +18,13 @@ float32 batching changes the loss by ~0.3 % after 10 steps, see the batching tes
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lbrgm_fast.errors import UserError
@@ -39,7 +41,9 @@ from lbrgm_fast.runtime.step import (
     load_optimizer_state,
     make_optimizer,
     make_step,
+    prepare_networks,
     profile_steps,
+    refill_latents,
 )
 
 from reference import nvidia_generator
@@ -106,6 +110,25 @@ def test_compiled_fp32_loop_matches_eager(tiny_problem) -> None:
 
 
 @pytest.mark.slow
+def test_compiled_loop_on_channels_last_weights_matches_eager(tiny_problem) -> None:
+    # What a compiled CPU run does (Reconstructor -> prepare_networks): the same networks with
+    # their weights stored channels-last, against the research code's loop on the originals.
+    objective, w0, z0 = tiny_problem
+    prepared = copy.deepcopy(objective)
+    networks = [prepared.generator, prepared.perceptual]
+    prepare_networks(networks, StepOptions(), "cpu")  # eager: left as loaded
+    assert prepared.generator.synthesis.b8.conv0.weight.is_contiguous()
+    prepare_networks(networks, StepOptions(compile=True), "cpu")
+    convs = [m.weight for net in networks for m in net.modules() if getattr(m, "weight", None) is not None and m.weight.ndim == 4]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    terms, images, _ = run_loop(prepared, w0, z0, StepOptions(compile=True), steps=20)
+    ref_terms, ref_images, _ = run_loop(objective, w0, z0, None, steps=20)
+    rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
+    assert rel < 0.01, f"compiled loss on channels-last weights differs by {rel:.2%}"
+    assert psnr(images, ref_images).min() > 40
+
+
+@pytest.mark.slow
 def test_bf16_loop_matches_eager(tiny_problem) -> None:
     # Eager bf16: autocast itself is what is tested (compiling it would only add CPU time).
     terms, images, _ = run_loop(*tiny_problem, StepOptions(precision="bf16"), steps=40)
@@ -113,6 +136,65 @@ def test_bf16_loop_matches_eager(tiny_problem) -> None:
     rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
     assert rel < 0.05, f"bf16 loss differs by {rel:.2%}"
     assert psnr(images, ref_images).min() > 30
+
+
+@pytest.mark.slow
+def test_compiled_step_is_reused_for_the_next_batch_without_tracing_again() -> None:
+    # A job's next batch: a new objective (other observations, other φ weights) of the same
+    # structure, the same latents and Adam refilled in place. The compiled code must be reused
+    # (no new graph) and must compute the new objective, not the one it was traced with.
+    G = nvidia_generator("tiny32")
+    first, w_a, z_a = make_objective(G, batch=2, seed=0)
+    second, w_b, z_b = make_objective(G, batch=2, seed=1)
+    options = StepOptions(compile=True)
+    w, z = w_a.clone().requires_grad_(True), z_a.clone().requires_grad_(True)
+    optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, options, "cpu")
+    step = make_step(first, optimizer, w, z, options)
+    for _ in range(3):
+        step()
+    graphs = counters["stats"]["unique_graphs"]
+    refill_latents(optimizer, [w_b, z_b])
+    step = make_step(second, optimizer, w, z, options, fresh=False)
+    for _ in range(20):
+        terms, images, _, _ = step()
+    assert counters["stats"]["unique_graphs"] == graphs, "the next batch was traced again"
+    ref_terms, ref_images, _ = run_loop(second, w_b, z_b, None, steps=20)
+    rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
+    assert rel < 0.01, f"reused compiled step's loss differs by {rel:.2%}"
+    assert psnr(images, ref_images).min() > 40
+
+
+def test_refilled_optimizer_steps_like_a_new_or_a_resumed_one() -> None:
+    G = nvidia_generator("tiny32")
+    first, w_a, z_a = make_objective(G, batch=1, seed=0)
+    second, w_b, z_b = make_objective(G, batch=1, seed=1)
+    # Reference: a new Adam on the second problem; its state is saved after 3 of 6 steps.
+    w, z = w_b.clone().requires_grad_(True), z_b.clone().requires_grad_(True)
+    new = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, StepOptions(), "cpu")
+    step = make_step(second, new, w, z)
+    for _ in range(3):
+        step()
+    w3, z3, saved = w.detach().clone(), z.detach().clone(), copy.deepcopy(new.state_dict())
+    for _ in range(3):
+        step()
+    w6 = w.detach().clone()
+    # The latents and Adam of a run on the first problem, refilled for the second.
+    w, z = w_a.clone().requires_grad_(True), z_a.clone().requires_grad_(True)
+    reused = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, StepOptions(), "cpu")
+    step = make_step(first, reused, w, z)
+    for _ in range(4):
+        step()
+    refill_latents(reused, [w_b, z_b])
+    step = make_step(second, reused, w, z, fresh=False)
+    for _ in range(3):
+        step()
+    assert torch.equal(w.detach(), w3) and torch.equal(z.detach(), z3)
+    refill_latents(reused, [w3, z3], saved)
+    for _ in range(3):
+        step()
+    assert torch.equal(w.detach(), w6)
+    with pytest.raises(ValueError, match="2 parameters"):
+        refill_latents(reused, [w_b])
 
 
 def test_batched_restarts_equal_separate_runs() -> None:

@@ -30,19 +30,24 @@ How a step runs is chosen by `StepOptions`; `auto_step_options` picks per device
 Compilation is cached on disk by torch (Inductor's FX-graph cache and AOTAutograd's cache, both
 on by default) under `$TORCHINDUCTOR_CACHE_DIR`; `configure_compile_cache` points that at a
 per-user folder that survives reboots unless the variable is already set. A second run of the
-same shapes then skips code generation; Dynamo's tracing (seconds) is not cached by torch.
+same shapes then skips code generation; Dynamo's tracing (seconds to tens of seconds) is not
+cached by torch. Within a process, a step built over the same latents and Adam, refilled in place
+for the next batch (`refill_latents`, then `make_step(..., fresh=False)`), is not traced at all:
+the Reconstructor does this for every batch after its first.
 
 The first calls of a compiled or captured step compile / capture it (and run a real step each);
 their time goes to the profiler's "compile" phase so it is reported apart from the loop.
 
-Around `make_step`: `make_optimizer` builds the Adam it needs, `load_optimizer_state` resumes one
-without losing its settings, `profile_steps` records a torch profiler trace of a few steps.
+Around `make_step`: `prepare_networks` stores the weights in the step's layout, `make_optimizer` builds the Adam it needs, `load_optimizer_state` resumes one
+without losing its settings, `refill_latents` restarts one in place for the next batch (so that
+the compiled step is reused, not traced again), `profile_steps` records a torch profiler trace
+of a few steps.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -114,7 +119,7 @@ class StepOptions:
 
 
 #: Runs shorter than this are not compiled by default: compiling costs minutes on a first run
-#: (CPU: 2.5-3 min at 64-256 px, measured; cached afterwards) and saves a fraction of a step.
+#: (CPU: ~2 min at 64-256 px, measured; cached afterwards) and saves a fraction of a step.
 MIN_STEPS_TO_COMPILE = 500
 
 
@@ -133,8 +138,8 @@ def auto_step_options(
     CUDA: bf16 (fp32 on GPUs without bf16) and CUDA graphs. CPU: float32 — bf16 is emulated on
     CPUs without avx512_bf16 / AMX and was 25x slower on the development machine. Both compile
     unless the run is known to be shorter than `MIN_STEPS_TO_COMPILE` (a demo, a test): on the
-    CPU the compiled step was 1.15-1.5x faster at 64-256 px (bench/results/loop.md), the rest
-    being convolutions that compiling cannot speed up.
+    CPU the compiled step was 1.13-1.46x faster at 64-256 px with 1-2 threads
+    (bench/results/loop.md), the rest being convolutions that compiling cannot speed up.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -150,6 +155,24 @@ def auto_step_options(
     )
     options.check(device)
     return options
+
+
+def prepare_networks(networks: Iterable[torch.nn.Module | None], options: StepOptions, device: torch.device | str) -> None:
+    """Store the networks' 4-D weights, once, in the layout the step's convolutions run in.
+
+    The compiled CPU step runs every convolution channels-last (Inductor's layout choice for
+    oneDNN), so weights stored NCHW are converted on every step, forward and backward; stored
+    channels-last they are used as they are. Measured on the 2-core development machine
+    (1 thread, compiled float32, medians of 7 interleaved steps): 1150 -> 1076 ms per step at
+    ffhqlike64, 2291 -> 2176 ms at ffhq256. Only the layout changes, not a value; the convolutions
+    may round differently (~1e-7). Eager and CUDA steps keep the weights as loaded (on CUDA the
+    effect has not been measured). Call it before anything runs the networks, so that every
+    phase of a run sees one layout.
+    """
+    if options.compile and torch.device(device).type == "cpu":
+        for network in networks:
+            if network is not None:
+                network.to(memory_format=torch.channels_last)
 
 
 class StepObjective(Protocol):
@@ -258,13 +281,20 @@ def make_eager_step(
     return step
 
 
-def _compiled(body: Callable[[], StepOutput], memory_budget: float) -> Callable[[], StepOutput]:
-    """torch.compile of the whole step, with static shapes."""
-    # Dynamo caches compiled code per *code object* with guards on the closure's objects, so
-    # every run's new step (same code, new objective) would add an entry, and after
-    # `recompile_limit` runs torch would silently fall back to eager. Start each run from a
-    # clean slate instead; Inductor's on-disk cache keeps the recompilation cheap.
-    torch.compiler.reset()
+def _compiled(body: Callable[[], StepOutput], memory_budget: float, fresh: bool) -> Callable[[], StepOutput]:
+    """torch.compile of the whole step, with static shapes.
+
+    Dynamo caches compiled code per *code object* (every step shares `make_eager_step`'s inner
+    function) with guards on what the code reads. The objective's tensors are graph inputs,
+    guarded on shape and dtype only, so a new objective of the same structure reuses the
+    compiled code; the optimiser is guarded on its identity. A new optimiser (`fresh`) would
+    therefore add a cache entry per run, and after `recompile_limit` entries torch would
+    silently fall back to eager: a fresh step starts from a clean slate instead (Inductor's
+    on-disk cache keeps that recompilation cheap). A step over the same latents and optimiser,
+    refilled in place (`refill_latents`), keeps the compiled code and is not traced again.
+    """
+    if fresh:
+        torch.compiler.reset()
     compiled = torch.compile(body, dynamic=False)
     if memory_budget >= 1.0:
         return compiled
@@ -325,6 +355,40 @@ def _cuda_graph(body: Callable[[], StepOutput], warmup: int) -> Callable[[], Ste
     return step
 
 
+def refill_latents(
+    optimizer: torch.optim.Optimizer,
+    values: Sequence[torch.Tensor],
+    saved: dict | None = None,
+) -> None:
+    """Start `optimizer` over again in place: its parameters take `values`, its state that of
+    a new Adam (zero moments and step counts) or, with `saved` (a state_dict of an Adam over
+    the same latents), that of the saved optimiser.
+
+    Existing tensors are overwritten rather than replaced, so a compiled step, which is
+    specialised to these very tensors and this optimiser, runs the next batch without being
+    traced again (see `make_step`'s `fresh`). Adam with zero moments and step counts takes
+    exactly a new Adam's first step.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(params) != len(values):
+        raise ValueError(f"the optimiser has {len(params)} parameters, got {len(values)} values")
+    with torch.no_grad():
+        for param, value in zip(params, values, strict=True):
+            param.copy_(value)
+    if saved is not None and not all(optimizer.state.get(p) for p in params):
+        load_optimizer_state(optimizer, saved)  # nothing to overwrite yet: load it plainly
+        return
+    for index, param in enumerate(params):
+        state = optimizer.state.get(param, {})
+        source = saved["state"][index] if saved is not None else None
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if source is None:
+                    tensor.zero_()
+                else:
+                    tensor.copy_(source[name])
+
+
 def _timed_first_calls(step: Callable[[], StepOutput], calls: int, profiler: Profiler) -> Callable[[], StepOutput]:
     """Time the first `calls` calls of `step` in the profiler's "compile" phase."""
     done = 0
@@ -347,6 +411,7 @@ def make_step(
     z: torch.Tensor | None,
     options: StepOptions = StepOptions(),
     profiler: Profiler | None = None,
+    fresh: bool = True,
 ) -> Callable[[], StepOutput]:
     """The step for `options`: each call does one Adam step and returns
     (terms [T, B], images, w+ before, z before) of the iterate *before* the update.
@@ -358,7 +423,12 @@ def make_step(
             CUDA-graph steps.
         w_plus, z: The latents, updated in place by the optimiser.
         options: How the step runs.
-        profiler: Receives the "compile" phase (the first `options.warmup_calls` calls).
+        profiler: Receives the "compile" phase (the first `options.warmup_calls` calls, or
+            only the CUDA-graph warm-up and capture when the compiled code is reused).
+        fresh: False when `optimizer` and the latents are those of the previous step built
+            with these options, refilled in place with `refill_latents`: the compiled code is
+            reused rather than traced again. A different objective structure (operator,
+            settings) still recompiles, as Dynamo's guards require.
     """
     options.check(w_plus.device)
     if options.cuda_graphs and not all(g.get("capturable", False) for g in optimizer.param_groups):
@@ -368,11 +438,13 @@ def make_step(
         synthesis.low_precision_resolutions = low_precision_resolutions(synthesis.config, options.precision)
     step = make_eager_step(objective, optimizer, w_plus, z, options.precision)
     if options.compile:
-        step = _compiled(step, options.memory_budget)
+        step = _compiled(step, options.memory_budget, fresh)
     if options.cuda_graphs:
+        # A graph records the addresses of this objective's tensors: captured again per step.
         step = _cuda_graph(step, CUDA_GRAPH_WARMUP)
-    if profiler is not None and options.warmup_calls:
-        step = _timed_first_calls(step, options.warmup_calls, profiler)
+    compiling_calls = options.warmup_calls if fresh else (CUDA_GRAPH_WARMUP + 1 if options.cuda_graphs else 0)
+    if profiler is not None and compiling_calls:
+        step = _timed_first_calls(step, compiling_calls, profiler)
     return step
 
 
