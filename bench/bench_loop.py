@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     import torch
     from rich.console import Console
 
-    from lbrgm_fast.bench import BenchOptions, machine_description, render_table, run_bench
+    from lbrgm_fast.bench import CUDA_ROUNDS, BenchOptions, machine_description, render_table, run_bench
 
     threads = choose_threads(args.threads) if args.device == "cpu" else torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -107,8 +107,9 @@ def main(argv: list[str]) -> int:
         f"- torch threads: {threads}; load average at start {load_start[0]:.2f} (5/15 min {load_start[1]:.2f}/{load_start[2]:.2f}), at end {os.getloadavg()[0]:.2f}",
         f"- Inductor cache: {cache_dir}{' (fresh: first-run compile times)' if args.fresh_cache else ''}",
         (
-            f"- {options.steps} timed steps per row after the warm-up / compile steps; CPU: medians of single steps "
-            "(CPU ms = process CPU time, not inflated by waiting for a core); CUDA: mean of an unsynchronised block"
+            f"- modes timed in turn, round after round, after every mode's warm-up / compile steps; CPU: {options.steps} rounds "
+            "of one step per mode, medians (CPU ms = process CPU time, not inflated by waiting for a core); CUDA: "
+            f"{CUDA_ROUNDS} rounds of an unsynchronised block of {options.steps} steps per mode, median of the blocks' means"
         ),
         "- weights: random (seeded); φ: VGG16 at 256 px; operator: 'eyes' inpainting; settings: L-BRGM (authors)",
     ]

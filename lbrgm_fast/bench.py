@@ -10,15 +10,17 @@ not depend on the test fixtures.
 Modes are named `{eager|compiled}-{fp32|bf16|fp16}[-graphs]`, e.g. "eager-fp32" (the research
 code's numerics, the baseline), "compiled-bf16-graphs" (the GPU default).
 
-Timing: on the CPU each step is timed alone and the median is reported (robust to other
-processes); on CUDA a block of steps runs without synchronisation, as in the real loop, and
-the mean is reported. Steps that compile or capture are excluded and reported as
-`compile_seconds`. FLOPs come from `torch.utils.flop_counter` over one eager forward and
+Timing: every mode of a shape and batch size is built and warmed up first, then the modes
+are timed in turn, round after round, so that a busy spell on a shared machine slows them
+alike; on the CPU a round is one step per mode, on CUDA an unsynchronised block of steps, as in
+the real loop; the median over the rounds is reported. Steps that compile or capture are
+excluded and reported as `compile_seconds`. FLOPs come from `torch.utils.flop_counter` over one eager forward and
 backward pass (convolutions and matrix products; Adam's element-wise update is not counted).
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import statistics
@@ -38,7 +40,7 @@ from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.reconstruct import Objective, generator_to_255
-from lbrgm_fast.runtime.step import PRECISIONS, StepOptions, make_optimizer, make_step
+from lbrgm_fast.runtime.step import PRECISIONS, StepOptions, make_optimizer, make_step, prepare_networks
 
 #: Benchmark model shapes. tiny32 and ffhqlike64 have the test fixtures' shapes; ffhq256 is
 #: stylegan2-ada's 256 px config (paper256: channel_base 16384); ffhq1024 is config-f. The
@@ -53,6 +55,8 @@ SHAPES: dict[str, GeneratorConfig] = {
     "ffhq1024": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=1024, channel_base=32768, num_fp16_res=4, conv_clamp=256),
 }
 BASELINE_MODE = "eager-fp32"
+#: Timing rounds on CUDA (each a block of `steps` unsynchronised steps per mode).
+CUDA_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ class BenchOptions:
         shapes: Model shapes, keys of `SHAPES`.
         modes: Step modes (see the module docstring); None: `default_modes(device)`.
         batch_sizes: Images per step.
-        steps: Timed steps per shape, mode and batch size (after the warm-up steps).
+        steps: Timed steps per shape, mode and batch size (after the warm-up steps); on CUDA
+            each of the `CUDA_ROUNDS` rounds runs this many.
         device: "cpu", "cuda", or None for CUDA when available.
         vgg_resolution: Side length φ resizes to (256 as in the method).
         seed: Seed of the random weights, observations and starting latents.
@@ -186,41 +191,64 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_steps(step: Callable[[], object], steps: int, device: torch.device) -> tuple[float, float | None]:
-    """(wall seconds, process CPU seconds or None) per step.
+def _time_block(step: Callable[[], object], steps: int, device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds per step over a block of `steps` unsynchronised steps.
 
-    CPU: medians over single steps; the CPU time is what the step cost this process's threads,
-    which waiting for a core on a shared machine does not inflate. CUDA: the mean over an
-    unsynchronised block of steps, as the real loop runs them.
+    The process CPU time is what the steps cost this process's threads, which waiting for a
+    core on a shared machine does not inflate (on CUDA it is the host's share only).
     """
-    if device.type == "cuda":
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(device)
-        return (time.perf_counter() - start) / steps, None
-    wall, cpu = [], []
+    _sync(device)
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        start, start_cpu = time.perf_counter(), time.process_time()
         step()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+    _sync(device)
+    return (time.perf_counter() - start) / steps, (time.process_time() - start_cpu) / steps
 
 
-def _measure(problem: _Problem, mode: str, steps: int, device: torch.device) -> dict[str, object]:
-    """Build a fresh optimiser and step for `mode`, warm it up, time it."""
+@dataclass
+class _PreparedMode:
+    """One mode's step, built and warmed up, ready to be timed alongside the others."""
+
+    mode: str
+    options: StepOptions
+    step: Callable[[], tuple[torch.Tensor, ...]]
+    warmup_seconds: float
+    peak_memory_bytes: int | None
+    samples: list[tuple[float, float]]
+
+
+def _current_memory(device: torch.device) -> int:
+    """Memory held now: device memory on CUDA, resident set size on the CPU (Linux; else 0)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _prepare(problem: _Problem, mode: str, device: torch.device, held_by_others: int) -> _PreparedMode:
+    """Build a fresh optimiser and step for `mode` and warm it up (compiling / capturing).
+
+    The peak memory is that of the warm-up, less `held_by_others`: what the modes prepared
+    before this one still hold, so each mode's figure is what it would need on its own.
+    """
     options = parse_mode(mode)
-    w = problem.w0.clone().requires_grad_(True)
-    z = problem.z0.clone().requires_grad_(True)
-    settings = problem.objective.settings
-    optimizer = make_optimizer([w, z], settings.lr, settings.betas, options, device)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     _reset_peak_memory(device)
-    step = make_step(problem.objective, optimizer, w, z, options)
+    # Each mode its own networks, prepared as a run in that mode prepares them (weight layout),
+    # so that one mode's preparation never changes another's timing, the baseline's least.
+    objective = copy.deepcopy(problem.objective)
+    prepare_networks([objective.generator, objective.perceptual], options, device)
+    w = problem.w0.clone().requires_grad_(True)
+    z = problem.z0.clone().requires_grad_(True)
+    optimizer = make_optimizer([w, z], objective.settings.lr, objective.settings.betas, options, device)
+    step = make_step(objective, optimizer, w, z, options)
     _sync(device)
     start = time.perf_counter()
     # One more than the compile / capture calls, so that first-touch costs (allocator,
@@ -229,21 +257,49 @@ def _measure(problem: _Problem, mode: str, steps: int, device: torch.device) -> 
         step()
     _sync(device)
     warmup_seconds = time.perf_counter() - start
-    seconds, cpu_seconds = _time_steps(step, steps, device)
+    peak = _peak_memory(device)
+    return _PreparedMode(mode, options, step, warmup_seconds, None if peak is None else peak - held_by_others, [])
+
+
+def _result(prepared: _PreparedMode, problem: _Problem, device: torch.device) -> dict[str, object]:
+    """The figures of one mode from its timed samples (medians over the rounds)."""
+    seconds = statistics.median(wall for wall, _ in prepared.samples)
+    cpu_seconds = statistics.median(cpu for _, cpu in prepared.samples)
+    calls = prepared.options.warmup_calls
     batch = problem.w0.shape[0]
     return {
-        "mode": mode,
+        "mode": prepared.mode,
         "ms_per_step": seconds * 1e3,
-        "cpu_ms_per_step": None if cpu_seconds is None else cpu_seconds * 1e3,
+        "cpu_ms_per_step": None if device.type == "cuda" else cpu_seconds * 1e3,
         "ms_per_image_step": seconds * 1e3 / batch,
         "image_steps_per_s": batch / seconds,
-        "peak_memory_bytes": _peak_memory(device),
+        "peak_memory_bytes": prepared.peak_memory_bytes,
         "tflops": problem.flops / seconds / 1e12,
         # What compiling / capturing cost beyond the steps it ran.
-        "compile_seconds": max(warmup_seconds - (options.warmup_calls + 1) * seconds, 0.0) if options.warmup_calls else 0.0,
+        "compile_seconds": max(prepared.warmup_seconds - (calls + 1) * seconds, 0.0) if calls else 0.0,
         # A sanity check read after timing: a mode whose loss overflowed is not a fast mode.
-        "loss_finite": bool(torch.isfinite(step()[0][0]).all()),
+        "loss_finite": bool(torch.isfinite(prepared.step()[0][0]).all()),
     }
+
+
+def _measure_modes(problem: _Problem, modes: tuple[str, ...], steps: int, device: torch.device) -> list[dict[str, object]]:
+    """Prepare every mode, then time them in turn, round after round.
+
+    Interleaving is what makes the speed-ups trustworthy on a shared machine: a slow spell
+    (another job, a thermal or frequency change) lands on every mode alike instead of on
+    whichever ran during it. On the CPU each round times one step of each mode (`steps`
+    rounds); on CUDA one unsynchronised block of `steps` steps of each mode, as the real loop
+    runs them (CUDA_ROUNDS rounds). Reported: the median over the rounds.
+    """
+    baseline_memory = _current_memory(device)
+    prepared: list[_PreparedMode] = []
+    for mode in modes:
+        prepared.append(_prepare(problem, mode, device, _current_memory(device) - baseline_memory))
+    rounds, block = (CUDA_ROUNDS, steps) if device.type == "cuda" else (steps, 1)
+    for _ in range(rounds):
+        for p in prepared:
+            p.samples.append(_time_block(p.step, block, device))
+    return [_result(p, problem, device) for p in prepared]
 
 
 def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], None] | None = None) -> list[dict[str, object]]:
@@ -255,7 +311,7 @@ def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], No
     RSS on the CPU; None where unknown), gflop_per_step, tflops, speedup_vs_eager (wall time
     vs "eager-fp32" at the same shape and batch; None if that was not measured),
     compile_seconds, and loss_finite (the loss after the timed steps is finite).
-    `on_result` is called with each dict as soon as it is measured.
+    `on_result` is called with each dict as soon as its shape and batch size are measured.
     """
     device = options.resolved_device()
     modes = options.modes or default_modes(device)
@@ -270,7 +326,7 @@ def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], No
         for batch in options.batch_sizes:
             problem = _problem(models, batch, options.seed)
             baseline: float | None = None
-            for mode in modes:
+            for measured in _measure_modes(problem, modes, options.steps, device):
                 result: dict[str, object] = {
                     "shape": shape,
                     "batch": batch,
@@ -278,9 +334,9 @@ def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], No
                     "threads": None if device.type == "cuda" else torch.get_num_threads(),
                     "steps": options.steps,
                     "gflop_per_step": problem.flops / 1e9,
+                    **measured,
                 }
-                result.update(_measure(problem, mode, options.steps, device))
-                if mode == BASELINE_MODE:
+                if measured["mode"] == BASELINE_MODE:
                     baseline = float(result["ms_per_step"])  # type: ignore[arg-type]
                 result["speedup_vs_eager"] = None if baseline is None else baseline / float(result["ms_per_step"])  # type: ignore[arg-type]
                 results.append(result)
