@@ -40,7 +40,13 @@ from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.reconstruct import Objective, generator_to_255
-from lbrgm_fast.runtime.step import PRECISIONS, StepOptions, make_optimizer, make_step, prepare_networks
+from lbrgm_fast.runtime.step import (
+    PRECISIONS,
+    StepOptions,
+    make_optimizer,
+    make_step,
+    prepare_networks,
+)
 
 #: Benchmark model shapes. tiny32 and ffhqlike64 have the test fixtures' shapes; ffhq256 is
 #: stylegan2-ada's 256 px config (paper256: channel_base 16384); ffhq1024 is config-f. The
@@ -173,17 +179,22 @@ def _reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def _peak_memory(device: torch.device) -> int | None:
-    """Peak device memory on CUDA; peak resident set size of the process on the CPU (Linux)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
+def _process_status_bytes(field: str) -> int | None:
+    """A kB figure of /proc/self/status (Linux), in bytes; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    """Peak device memory on CUDA; peak resident set size of the process on the CPU (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _process_status_bytes("VmHWM")
 
 
 def _sync(device: torch.device) -> None:
@@ -221,13 +232,7 @@ def _current_memory(device: torch.device) -> int:
     """Memory held now: device memory on CUDA, resident set size on the CPU (Linux; else 0)."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _process_status_bytes("VmRSS") or 0
 
 
 def _prepare(problem: _Problem, mode: str, device: torch.device, held_by_others: int) -> _PreparedMode:
