@@ -71,8 +71,8 @@ def main() -> None:
         rec.run(op(truths[batch : batch + 1]), op, seed=batch)
         wall = time.perf_counter() - start
         after = rec.profiler.report()["seconds"]
-        phase = lambda name: after.get(name, 0.0) - before.get(name, 0.0)  # noqa: E731
-        rows.append((label, wall, phase("compile"), phase("optimise")))
+        compile_s, optimise_s = (after.get(name, 0.0) - before.get(name, 0.0) for name in ("compile", "optimise"))
+        rows.append((label, wall, compile_s, optimise_s))
 
     lines = [
         "# Compiled step: reused for a job's next batch vs compiled again",
