@@ -242,6 +242,10 @@ class Reconstructor:
         rec = Reconstructor(generator, perceptual, method="lbrgm", preset="authors")
         result = rec.run(observation, Inpainting.from_preset("eyes", 1024))
 
+    Keep one for a stream of batches: it keeps the last run's latents and optimiser, so a
+    compiled step is compiled on the first batch and reused by every later one of the same
+    batch size, operator and settings. It runs one batch at a time: use one per thread.
+
     Args:
         generator: A frozen generator from `load_generator`. With a compiled step on the CPU,
             its weights (and φ's) are stored channels-last from here on (`prepare_networks`).
