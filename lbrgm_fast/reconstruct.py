@@ -93,16 +93,25 @@ class Objective(nn.Module):
         self.register_buffer("observation", self._view(observation))
         if perceptual is None and settings.perceptual_weight:
             raise UserError("the perceptual term needs VGG16 features (perceptual weight is not 0)")
-        self.target_features: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
         if perceptual is not None:
             with torch.no_grad():
-                self.target_features = [f.detach() for f in perceptual.features(self.observation / 127.5 - 1)]
+                targets = [f.detach() for f in perceptual.features(self.observation / 127.5 - 1)]
+        # Buffers, so that `.to()` / `.cuda()` move them with the observation.
+        self._num_targets = len(targets)
+        for k, target in enumerate(targets):
+            self.register_buffer(f"target_features_{k}", target, persistent=False)
         self.mapping_prior = MappingPrior(generator.mapping, settings.prior_reduction)
         self.latent_prior = LatentPrior(settings.prior_reduction)
         if settings.gaussian_weight and gaussian_prior is None:
             raise ValueError("settings weight the Gaussian prior but none was given")
         self.gaussian_prior = gaussian_prior if settings.gaussian_weight else None
         self.cosine_prior = CosinePrior()
+
+    @property
+    def target_features(self) -> list[torch.Tensor]:
+        """φ(y): the observation's perceptual features, one tensor per tap (empty without φ)."""
+        return [getattr(self, f"target_features_{k}") for k in range(self._num_targets)]
 
     def _view(self, measured: torch.Tensor) -> torch.Tensor:
         return measured if self.keep is None else measured * self.keep

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -121,6 +122,10 @@ def test_objective_terms_by_hand(tiny32: Generator) -> None:
     for got, want in [(terms[1], pixel), (terms[2], perceptual), (terms[3], mapping), (terms[4], latent), (terms[0], total)]:
         assert torch.allclose(got, want, rtol=1e-4)
     assert torch.equal(images, tiny32.synthesis(w))
+    # The observation's features move with the objective (.to / .cuda), as its other tensors.
+    assert len(objective.target_features) == 5
+    copied = copy.deepcopy(objective).double()
+    assert all(t.dtype == torch.float64 for t in [copied.observation, *copied.target_features])
 
 
 # ---------------------------------------------------------------------------------------------
