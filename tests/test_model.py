@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lbrgm_fast.config import GeneratorConfig
-from lbrgm_fast.kernels import make_filter, upfirdn2d
+from lbrgm_fast.kernels import demodulation_coefficients, make_filter, upfirdn2d
 from lbrgm_fast.model import Generator
 
 from reference import nvidia_generator, nvidia_io, rel_error
@@ -112,6 +112,18 @@ def test_autocast_low_precision_stays_close(dtype: torch.dtype, tol: float) -> N
         img = G.synthesis(io["w_plus"])
     assert img.dtype == torch.float32
     assert rel_error(img, io["img_const"]) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_demodulation_coefficients_stay_float32_under_autocast(dtype: torch.dtype) -> None:
+    # A float32 island: autocast would otherwise run its matrix product in low precision.
+    gen = torch.Generator().manual_seed(0)
+    weight, styles = torch.randn(64, 32, 3, 3, generator=gen), torch.randn(2, 32, generator=gen)
+    expected = (styles[:, None, :, None, None] * weight[None]).square().sum(dim=[2, 3, 4]).add(1e-8).rsqrt()
+    with torch.autocast("cpu", dtype=dtype):
+        got = demodulation_coefficients(weight, styles)
+    assert got.dtype == torch.float32
+    assert rel_error(got, expected) < 1e-6
 
 
 def test_only_low_precision_resolutions_run_in_low_precision() -> None:

@@ -52,10 +52,18 @@ VGG_RES = 32  # φ's resolution in these tests (256 in the method): the same as 
 SETTINGS = method_settings("lbrgm")
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-sample PSNR between images in [-1, 1] (peak-to-peak 2)."""
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: torch.Tensor | float = 2.0) -> torch.Tensor:
+    """Per-sample PSNR; `peak` is the peak-to-peak value (2 for images in [-1, 1])."""
     mse = (a.double() - b.double()).square().flatten(1).mean(dim=1)
-    return 10 * torch.log10(4.0 / mse)
+    return 10 * torch.log10(torch.as_tensor(peak, dtype=torch.float64) ** 2 / mse)
+
+
+def value_range(images: torch.Tensor) -> torch.Tensor:
+    """Per-sample peak-to-peak value. A generator with random weights (the 1024 benchmark shape)
+    does not stay in [-1, 1] (measured: std 1.9, |x| up to 5-7), so its PSNR is taken against
+    its own range, as an image's would be against [-1, 1]."""
+    flat = images.double().flatten(1)
+    return flat.amax(dim=1) - flat.amin(dim=1)
 
 
 def make_objective(G: Generator, batch: int, seed: int = 0) -> tuple[Objective, torch.Tensor, torch.Tensor]:
@@ -511,4 +519,4 @@ def test_cuda_fast_loop_matches_eager_fp32(name: str) -> None:
     terms, images, _ = cuda_loop(*problem, StepOptions(compile=True, precision="bf16", cuda_graphs=True), steps=40)
     rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
     assert rel < 0.05, f"loss differs by {rel:.2%}"
-    assert psnr(images, ref_images).min() > 30
+    assert psnr(images, ref_images, value_range(ref_images)).min() > 30

@@ -344,10 +344,13 @@ def _cuda_graph(body: Callable[[], StepOutput], warmup: int) -> Callable[[], Ste
             torch.cuda.current_stream().wait_stream(stream)
             return out
         if graph is None:
-            graph = torch.cuda.CUDAGraph()
+            # Kept only once captured: a capture that raises leaves the next call to try again,
+            # not to replay an empty graph.
+            captured = torch.cuda.CUDAGraph()
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.graph(graph, stream=stream):
+            with torch.cuda.graph(captured, stream=stream):
                 static_out = body()
+            graph = captured
         graph.replay()
         assert static_out is not None
         return _clone_output(static_out)
@@ -425,10 +428,12 @@ def make_step(
         options: How the step runs.
         profiler: Receives the "compile" phase (the first `options.warmup_calls` calls, or
             only the CUDA-graph warm-up and capture when the compiled code is reused).
-        fresh: False when `optimizer` and the latents are those of the previous step built
-            with these options, refilled in place with `refill_latents`: the compiled code is
-            reused rather than traced again. A different objective structure (operator,
-            settings) still recompiles, as Dynamo's guards require.
+        fresh: True (default): drop the compiled code of earlier steps first (`_compiled`).
+            False: keep it. When `optimizer` and the latents are those of an earlier compiled
+            step, refilled in place with `refill_latents`, that code is reused rather than
+            traced again; otherwise (a new optimiser, another objective structure) this step is
+            traced on its first calls and kept alongside the earlier ones, up to torch's
+            recompile limit. The first calls are timed as compilation only when `fresh`.
     """
     options.check(w_plus.device)
     if options.cuda_graphs and not all(g.get("capturable", False) for g in optimizer.param_groups):
