@@ -38,10 +38,10 @@ the Reconstructor does this for every batch after its first.
 The first calls of a compiled or captured step compile / capture it (and run a real step each);
 their time goes to the profiler's "compile" phase so it is reported apart from the loop.
 
-Around `make_step`: `prepare_networks` stores the weights in the step's layout, `make_optimizer` builds the Adam it needs, `load_optimizer_state` resumes one
-without losing its settings, `refill_latents` restarts one in place for the next batch (so that
-the compiled step is reused, not traced again), `profile_steps` records a torch profiler trace
-of a few steps.
+Around `make_step`: `prepare_networks` stores the weights in the step's layout once,
+`make_optimizer` builds the Adam it needs, `load_optimizer_state` resumes one without losing its
+settings, `refill_latents` restarts one in place for the next batch (so that the compiled step is
+reused, not traced again), `profile_steps` records a torch profiler trace of a few steps.
 """
 
 from __future__ import annotations
@@ -287,11 +287,12 @@ def _compiled(body: Callable[[], StepOutput], memory_budget: float, fresh: bool)
     Dynamo caches compiled code per *code object* (every step shares `make_eager_step`'s inner
     function) with guards on what the code reads. The objective's tensors are graph inputs,
     guarded on shape and dtype only, so a new objective of the same structure reuses the
-    compiled code; the optimiser is guarded on its identity. A new optimiser (`fresh`) would
-    therefore add a cache entry per run, and after `recompile_limit` entries torch would
-    silently fall back to eager: a fresh step starts from a clean slate instead (Inductor's
-    on-disk cache keeps that recompilation cheap). A step over the same latents and optimiser,
-    refilled in place (`refill_latents`), keeps the compiled code and is not traced again.
+    compiled code; the optimiser is guarded on its identity. Every run with a new optimiser
+    would therefore add a cache entry, and after `recompile_limit` entries torch would silently
+    fall back to eager: so by default (`fresh`) a step starts from a clean slate (Inductor's
+    on-disk cache keeps that recompilation cheap). `fresh=False` keeps the entries: for a step
+    over the same latents and optimiser refilled in place (`refill_latents`), which is then not
+    traced again, or for a few steps that must coexist (the benchmark's modes).
     """
     if fresh:
         torch.compiler.reset()
