@@ -254,8 +254,10 @@ def write_outputs(
         if mask is not None:
             metrics["psnr_missing_region"] = psnr(restored, gt, 1 - mask)
         if lpips is not None:
+            # The monitor lives on the run's device; the restored image is already on the host.
+            device = next(lpips.parameters()).device
             with torch.no_grad():
-                metrics["lpips_alex"] = float(lpips(restored[None] * 2 - 1, gt[None] * 2 - 1)[0])
+                metrics["lpips_alex"] = float(lpips((restored[None] * 2 - 1).to(device), (gt[None] * 2 - 1).to(device))[0])
     prepared.outcome.metrics = metrics
     report = {
         "input": prepared.outcome.source,
@@ -356,8 +358,15 @@ def load_models(options: RunOptions, device: torch.device, need_monitor: bool, r
         monitor = None if monitor is None else monitor.to(device)
         source = {"engine": str(options.engine), "source_sha256": plan.manifest["source_sha256"]}
         selection = select_engine(
-            plan, options.forward_backend, device, reporter, torch_engine=TorchEngine(generator, perceptual, monitor)
+            plan, options.forward_backend, device, reporter, torch_engine=TorchEngine(generator, perceptual, monitor),
+            lpips=monitor is not None,
         )
+        if selection.choice.get("lpips") == "tensorrt" and options.batch_size > plan.manifest["max_batch"]:
+            # The loop monitors a whole batch at once; the engines' profiles stop at max_batch.
+            raise UserError(
+                f"--batch-size {options.batch_size} exceeds the plan's TensorRT batch limit {plan.manifest['max_batch']}; "
+                "use a smaller batch, --forward-backend torch, or rebuild the plan with a larger --max-batch"
+            )
         notes.append(selection.reason)
         return Models(generator, perceptual, monitor, source, notes, selection.engine, selection.describe())
     if options.forward_backend not in ("auto", "torch"):

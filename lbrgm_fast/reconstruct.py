@@ -451,8 +451,9 @@ class Reconstructor:
             state = resume.to(self.device)
             w_plus, z = state.w_plus.clone(), None if state.z is None else state.z.clone()
 
-        structure = (settings, operator.describe(), rule)
-        w_plus, z, optimizer, fresh = self._loop_latents(w_plus, z, structure, None if state is None else state.optimizer)
+        w_plus, z, optimizer, fresh = self._loop_latents(
+            w_plus, z, settings, (operator.describe(), rule), None if state is None else state.optimizer
+        )
         if state is None:
             state = ReconstructionState(
                 step=0, w_plus=w_plus.detach(), z=None if z is None else z.detach(), optimizer={},
@@ -499,19 +500,20 @@ class Reconstructor:
         self,
         w_plus: torch.Tensor,
         z: torch.Tensor | None,
-        structure: tuple,
+        settings: MethodSettings,
+        structure: tuple[str, str],
         saved_optimizer: dict | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.optim.Optimizer, bool]:
         """The latents to optimise, holding the values `w_plus`, `z`, and Adam over them
         (resumed from `saved_optimizer` if given); also whether they are new.
 
-        A run with the previous run's shapes and `structure` (settings, operator, early-stopping
-        rule: what the compiled step is specialised to) gets the previous run's tensors and
-        optimiser back, refilled in place, so that a compiled step is reused rather than traced
-        again for every batch of a job (seconds to tens of seconds each; `make_step`'s `fresh`).
+        A run with the previous run's shapes, settings and `structure` (operator description,
+        early-stopping rule): what the compiled step is specialised to, gets the previous run's
+        tensors and optimiser back, refilled in place, so that a compiled step is reused rather
+        than traced again for every batch of a job (seconds to tens of seconds each).
         The previous run's result never shares these tensors: it holds copies.
         """
-        key = (tuple(w_plus.shape), None if z is None else tuple(z.shape), structure)
+        key = (tuple(w_plus.shape), None if z is None else tuple(z.shape), settings, structure)
         reused = self._latents
         if reused is not None and reused.key == key:
             values = [w_plus] + ([] if z is None else [z])
@@ -519,7 +521,6 @@ class Reconstructor:
             return reused.w_plus, reused.z, reused.optimizer, False
         w_plus = w_plus.detach().clone().requires_grad_(True)
         z = None if z is None else z.detach().clone().requires_grad_(True)
-        settings = structure[0]
         params = [w_plus] + ([] if z is None else [z])
         optimizer = make_optimizer(params, settings.lr, settings.betas, self.step_options, self.device)
         if saved_optimizer is not None:

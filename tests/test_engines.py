@@ -189,6 +189,16 @@ def test_auto_measures_picks_and_caches(own_plan: Plan) -> None:
     assert all(torch.equal(a, b) for a, b in zip(first.engine.features(x), second.engine.features(x)))
 
 
+def test_auto_leaves_lpips_out_when_the_run_does_not_monitor(own_plan: Plan) -> None:
+    # A run without ground truth has no monitor: LPIPS must be neither measured nor chosen,
+    # even though the plan holds one (torch, given no monitor, cannot run it).
+    G, vgg = own_plan.generator(), own_plan.perceptual()
+    notes = Notes()
+    selection = select_engine(own_plan, "auto", "cpu", notes, torch_engine=TorchEngine(G, vgg, None), batch=2, lpips=False, repeats=1)
+    assert set(selection.choice) == {"generate", "features"}
+    assert notes.messages == [selection.reason] and "lpips" not in selection.reason
+
+
 def test_auto_survives_a_damaged_or_unwritable_cache(own_plan: Plan) -> None:
     own_plan.cache_dir.mkdir()
     (own_plan.cache_dir / CHOICE_FILE).write_text("{ damaged")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -217,10 +217,6 @@ class OnnxRuntimeEngine:
         self._check(x)
         (distance,) = self._session("lpips").run(x, y)
         return distance
-
-    def describe(self) -> dict[str, Any]:
-        """Provider and graphs, for reports."""
-        return {"backend": self.name, "provider": _PROVIDER_NAMES[self.provider], "graphs": sorted(self._graphs), "threads": self._threads}
 
 
 __all__ = ["GRAPHS", "OnnxRuntimeEngine", "Provider", "provider_problem"]

@@ -194,6 +194,7 @@ def select_engine(
     *,
     torch_engine: TorchEngine | None = None,
     batch: int = 8,
+    lpips: bool = True,
     repeats: int = 3,
     use_cache: bool = True,
     threads: int | None = None,
@@ -207,6 +208,8 @@ def select_engine(
         reporter: Anything with `note(message)`; told what was picked (and fallbacks).
         torch_engine: The torch modules already on `device` (loaded from the plan if None).
         batch: Candidate batch used for the measurement (the Reconstructor's candidate_batch).
+        lpips: Whether the run monitors LPIPS (oracle early stopping); without it the lpips
+            phase is neither measured nor chosen, even when the plan holds a monitor.
         repeats: Timed runs per backend and phase, after one warm-up.
         use_cache: Read and write the measured choice next to the plan.
         threads: ONNX Runtime intra-op threads on the CPU (None: its default).
@@ -216,7 +219,7 @@ def select_engine(
     """
     device = torch.device(device)
     reporter = reporter or _Silent()
-    phases = [p for p in PHASES if p != "lpips" or plan.manifest["monitor"] is not None]
+    phases = [p for p in PHASES if p != "lpips" or (lpips and plan.manifest["monitor"] is not None)]
     if backend != "auto":
         engine = make_engine(plan, backend, device, torch_engine, reporter.note, threads)
         return Selection(engine, {p: backend for p in phases}, reason=f"forward backend {backend} (requested)")

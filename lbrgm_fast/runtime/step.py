@@ -106,9 +106,9 @@ class StepOptions:
         if self.cuda_graphs and device.type != "cuda":
             raise UserError(f"CUDA graphs need a CUDA device, not {device.type}")
         if not 0.0 < self.memory_budget <= 1.0:
-            raise UserError(f"memory budget must be in (0, 1], got {self.memory_budget}")
+            raise UserError(f"memory budget must be in (0, 1], got {self.memory_budget} (--memory-budget)")
         if self.memory_budget < 1.0 and not self.compile:
-            raise UserError("an activation memory budget below 1 needs the compiled step")
+            raise UserError("an activation memory budget below 1 needs the compiled step (--memory-budget < 1 needs --compile)")
 
     @property
     def warmup_calls(self) -> int:

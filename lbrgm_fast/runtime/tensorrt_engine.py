@@ -114,7 +114,9 @@ class TensorRTEngine:
         else:
             available = ", ".join(sorted(plan.manifest["tensorrt"])) or "none"
             note(f"{plan.path} has no TensorRT engines for {key} (it has: {available}); using or building ones cached next to it")
-        folder = plan.cache_dir / "tensorrt" / key
+        # Keyed by the plan's content too: a plan rebuilt at the same path (another checkpoint,
+        # precision or batch range) must not pick up the old plan's engines.
+        folder = plan.cache_dir / "tensorrt" / f"{plan.content_sha256[:16]}-{key}"
         cached = {n: folder / f"{n}.engine" for n in names}
         if all(p.is_file() for p in cached.values()):
             try:
@@ -154,11 +156,6 @@ class TensorRTEngine:
     def lpips(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         (distance,) = self._run("lpips", x, y)
         return distance
-
-    def describe(self) -> dict[str, Any]:
-        import tensorrt as trt
-
-        return {"backend": self.name, "tensorrt": trt.__version__, "graphs": sorted(self._graphs)}
 
 
 def _store(folder: Path, files: Mapping[str, bytes], note: Callable[[str], None]) -> None:
