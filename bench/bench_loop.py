@@ -3,7 +3,7 @@ compiled and mixed-precision steps, measured in the same run, and write a Markdo
 
     python bench/bench_loop.py [--out bench/results/loop.md] [--json PATH] [--device cpu|cuda]
         [--shapes ffhqlike64,ffhq256] [--modes eager-fp32,compiled-fp32] [--batch-sizes 1]
-        [--steps 5] [--threads N] [--fresh-cache]
+        [--steps 5] [--threads N] [--fresh-cache] [--profile DIR]
 
 Run from the repository root (imports the installed lbrgm_fast, nothing from tests/). What it
 measures is `lbrgm_fast.bench.run_bench` (see its docstring): the real L-BRGM step on random
@@ -43,6 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fresh-cache", action="store_true", help="compile into an empty Inductor cache")
+    parser.add_argument("--profile", type=Path, default=None, help="also profile a few steps of each measurement into DIR")
     return parser.parse_args(argv)
 
 
@@ -94,6 +95,7 @@ def main(argv: list[str]) -> int:
         batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
         steps=args.steps,
         device=args.device,
+        profile_dir=args.profile,
     )
     load_start = os.getloadavg()
     started = time.time()

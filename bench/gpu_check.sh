@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # GPU checks and GPU benchmark of the L-BRGM gradient loop, in one call of at most 8 minutes on
 # the lent GPU machine (an H100). Writes everything under $OUT (default ./gpu-check-out):
-#   nvidia-smi.txt  the GPU, driver and clocks
 #   checks.txt      pytest of the CUDA-only tests in tests/test_step.py: compiled + bf16 + CUDA
 #                   graphs vs eager fp32 after 20 steps at tiny32 and 1024 config-f, CUDA-graph
 #                   replay vs the eager step, and no host synchronisation inside a step
 #   loop_gpu.md     the benchmark report (1024 config-f, batch 1 and 8, eager fp32 baseline in
 #   loop_gpu.json   the same run, compiled + bf16 + CUDA graphs), and its raw numbers
-#   log.txt         everything printed
+#   profile_b1.txt, profile_b8.txt
+#                   the torch profiler's operator tables (by operator, then by operator and input
+#                   shapes) of 3 compiled steps at batch 1 and 8 (the full traces stay on the
+#                   machine: a device call returns at most 8 files)
+#   log.txt         everything printed, nvidia-smi (GPU, driver, clocks) first
 #
 # Usage, from the repository root of a fresh copy, on a machine with CUDA torch:
 #   bash bench/gpu_check.sh
-# The two timed parts are bounded at 230 s + 200 s; with installation and start-up the whole
+# The two timed parts are bounded at 200 s + 260 s; with installation and start-up the whole
 # script stays under 8 minutes: give the device call a limit of 600 s.
 # The machine needs no network. It must have torch (CUDA), numpy, rich, typer, safetensors,
 # pillow, onnx, onnxruntime, pytest, scipy and lpips; the lent machines have all but lpips.
@@ -30,8 +33,7 @@ started=$(date +%s)
 elapsed() { echo "[$(( $(date +%s) - started )) s] $*"; }
 
 elapsed "GPU"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
-cat "$OUT/nvidia-smi.txt"
+nvidia-smi 2>&1
 
 # Install this checkout (and any carried wheels) into a private folder, without the network and
 # without touching the machine's packages.
@@ -55,12 +57,16 @@ export PYTHONUNBUFFERED=1
 status=0
 
 elapsed "checks (CUDA-only tests)"
-timeout 230 $PY -P -m pytest -q -p no:cacheprovider -k cuda tests/test_step.py 2>&1 | tee "$OUT/checks.txt" || status=1
+timeout 200 $PY -P -m pytest -q -p no:cacheprovider -k cuda tests/test_step.py 2>&1 | tee "$OUT/checks.txt" || status=1
 
 elapsed "benchmark: 1024 config-f, batch 1 and 8"
-timeout 200 $PY bench/bench_loop.py --device cuda --shapes ffhq1024 --batch-sizes 1,8 \
-    --modes eager-fp32,compiled-bf16-graphs --steps 20 \
+PROFILE=$(mktemp -d /tmp/lbrgm-profile.XXXXXX)
+timeout 260 $PY bench/bench_loop.py --device cuda --shapes ffhq1024 --batch-sizes 1,8 \
+    --modes eager-fp32,compiled-bf16-graphs --steps 20 --profile "$PROFILE" \
     --out "$OUT/loop_gpu.md" --json "$OUT/loop_gpu.json" || status=1
+for batch in 1 8; do
+    cp "$PROFILE/ffhq1024-batch$batch/compiled-bf16-graphs/ops.txt" "$OUT/profile_b$batch.txt" || status=1
+done
 
 elapsed "done (status $status)"
 exit $status

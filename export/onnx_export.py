@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import onnx
 import torch
+from lbrgm_fast.kernels.forms import library_kernel_forms
 from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
@@ -249,7 +250,8 @@ def _export(
 ) -> bytes:
     module = module.eval()
     try:
-        with _quiet(), torch.no_grad():
+        # library_kernel_forms: convolutions, not the forms that torch.compile fuses (forms.py).
+        with _quiet(), torch.no_grad(), library_kernel_forms():
             program = torch.onnx.export(
                 module,
                 args,

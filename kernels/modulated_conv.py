@@ -9,6 +9,13 @@ rescales each output channel so that it has unit expected variance:
   output. Batch-size independent, exportable, and its backward needs no weight-gradient GEMM.
 * fused: build one weight per sample and run a grouped convolution (groups = batch), as the
   research code does for batch 1 at inference.
+
+Under torch.compile (forms.py) the non-fused 1x1 case — ToRGB, 3 output channels — runs as a
+reduction over the input channels with the style folded into a per-sample [B, O, I] weight,
+which Inductor fuses with its neighbours (the modulation, the bias, the skip addition). On the
+CPU (1 thread, fp32, [1, 128, 256, 256], forward + backward): compiled convolution 260 ms,
+compiled reduction 92 ms. On the GPU the convolution's share was small (H200, 1024 px, batch 8:
+no ToRGB convolution among the 30 costliest ops of the step).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .forms import fusing_compiler
 from .upfirdn2d import upfirdn2d
 
 
@@ -48,6 +56,21 @@ def _upsampling_conv(x: torch.Tensor, weight: torch.Tensor, f: torch.Tensor, gro
     return upfirdn2d(x, f, padding=(pad0, pad1, pad0, pad1), gain=4)
 
 
+def _modulated_channel_mix(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, dcoefs: torch.Tensor | None) -> torch.Tensor:
+    """Modulated 1x1 convolution as a reduction: y[b, o] = d[b, o] sum_i W[o, i] s[b, i] x[b, i].
+
+    The broadcast product is never materialised under torch.compile (the only caller): Inductor
+    emits one reduction kernel reading x once. Accumulates in float32 at least; returns x's dtype.
+    """
+    batch, in_ch = styles.shape
+    acc = torch.promote_types(x.dtype, torch.float32)
+    per_sample = weight.to(acc).reshape(1, -1, in_ch) * styles.to(acc).reshape(batch, 1, in_ch)  # [B, O, I]
+    if dcoefs is not None:
+        per_sample = per_sample * dcoefs.reshape(batch, -1, 1)
+    y = (x.unsqueeze(1) * per_sample.reshape(*per_sample.shape, 1, 1)).sum(dim=2)
+    return y.to(x.dtype)
+
+
 def modulated_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -65,7 +88,7 @@ def modulated_conv2d(
         styles: Per-sample input-channel scales [B, I], float32.
         demodulate: Normalise each output channel (True in conv layers, False in ToRGB).
         up: Upsample 2x (transposed conv + FIR filter) instead of a plain convolution.
-        resample_filter: 2-D FIR filter used when `up` (from `make_filter`).
+        resample_filter: 1-D taps of the separable FIR filter used when `up` (from `make_filter`).
         fused: Use the grouped per-sample-weight form instead of the non-fused form.
 
     Returns:
@@ -85,6 +108,8 @@ def modulated_conv2d(
         styles = styles / styles.abs().amax(dim=1, keepdim=True)
     dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [B, O]
 
+    if not fused and kh == kw == 1 and not up and fusing_compiler():
+        return _modulated_channel_mix(x, weight, styles, dcoefs)
     if not fused:
         x = x * styles.to(x.dtype).reshape(batch, in_ch, 1, 1)
         if up:

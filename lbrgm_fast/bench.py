@@ -46,6 +46,7 @@ from lbrgm_fast.runtime.step import (
     make_optimizer,
     make_step,
     prepare_networks,
+    profile_steps,
 )
 
 #: Benchmark model shapes. tiny32 and ffhqlike64 have the test fixtures' shapes; ffhq256 is
@@ -63,6 +64,9 @@ SHAPES: dict[str, GeneratorConfig] = {
 BASELINE_MODE = "eager-fp32"
 #: Timing rounds on CUDA (each a block of `steps` unsynchronised steps per mode).
 CUDA_ROUNDS = 3
+#: Steps recorded per mode when profiling (after the timed rounds, so that the profiler's
+#: overhead never reaches the timings).
+PROFILE_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,9 @@ class BenchOptions:
         device: "cpu", "cuda", or None for CUDA when available.
         vgg_resolution: Side length φ resizes to (256 as in the method).
         seed: Seed of the random weights, observations and starting latents.
+        profile_dir: Where to write a torch profiler trace of `PROFILE_STEPS` steady-state
+            steps of every measurement, after its timing (one folder per shape, batch and
+            mode: trace.json and ops.txt, see `profile_steps`); None: no profiling.
     """
 
     shapes: tuple[str, ...] = ("ffhqlike64",)
@@ -87,6 +94,7 @@ class BenchOptions:
     device: str | None = None
     vgg_resolution: int = 256
     seed: int = 0
+    profile_dir: Path | None = None
 
     def resolved_device(self) -> torch.device:
         if self.device is None:
@@ -289,14 +297,17 @@ def _result(prepared: _PreparedMode, problem: _Problem, device: torch.device) ->
     }
 
 
-def _measure_modes(problem: _Problem, modes: tuple[str, ...], steps: int, device: torch.device) -> list[dict[str, object]]:
+def _measure_modes(
+    problem: _Problem, modes: tuple[str, ...], steps: int, device: torch.device, profile_dir: Path | None
+) -> list[dict[str, object]]:
     """Prepare every mode, then time them in turn, round after round.
 
     Interleaving is what makes the speed-ups trustworthy on a shared machine: a slow spell
     (another job, a thermal or frequency change) lands on every mode alike instead of on
     whichever ran during it. On the CPU each round times one step of each mode (`steps`
     rounds); on CUDA one unsynchronised block of `steps` steps of each mode, as the real loop
-    runs them (CUDA_ROUNDS rounds). Reported: the median over the rounds.
+    runs them (CUDA_ROUNDS rounds). Reported: the median over the rounds. With `profile_dir`,
+    each mode's steady state is then profiled into `profile_dir/<mode>`.
     """
     baseline_memory = _current_memory(device)
     prepared: list[_PreparedMode] = []
@@ -307,7 +318,14 @@ def _measure_modes(problem: _Problem, modes: tuple[str, ...], steps: int, device
     for _ in range(rounds):
         for p in prepared:
             p.samples.append(_time_block(p.step, block, device))
-    return [_result(p, problem, device) for p in prepared]
+    results = [_result(p, problem, device) for p in prepared]
+    if profile_dir is not None:
+        for p in prepared:
+            profiled = profile_steps(p.step, PROFILE_STEPS, profile_dir / p.mode)
+            for _ in range(PROFILE_STEPS):
+                profiled()
+            _sync(device)
+    return results
 
 
 def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], None] | None = None) -> list[dict[str, object]]:
@@ -334,7 +352,8 @@ def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], No
         for batch in options.batch_sizes:
             problem = _problem(models, batch, options.seed)
             baseline: float | None = None
-            for measured in _measure_modes(problem, modes, options.steps, device):
+            profile_dir = None if options.profile_dir is None else options.profile_dir / f"{shape}-batch{batch}"
+            for measured in _measure_modes(problem, modes, options.steps, device, profile_dir):
                 result: dict[str, object] = {
                     "shape": shape,
                     "batch": batch,

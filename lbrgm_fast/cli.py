@@ -260,6 +260,7 @@ def bench(
     steps: Annotated[int, typer.Option(help="Timed steps per measurement.")] = 10,
     device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when available).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    profile: Annotated[Optional[Path], typer.Option(help="Also write a torch profiler trace of a few steps of each measurement under DIR/<shape>-batch<B>/<mode>/.", metavar="DIR")] = None,
 ) -> None:
     """Measure the optimisation step on this machine (eager float32 baseline in the same run)."""
     from lbrgm_fast.bench import BenchOptions, machine_description, render_table, run_bench
@@ -272,6 +273,7 @@ def bench(
                 batch_sizes=tuple(int(b) for b in batch_sizes.split(",")),
                 steps=steps,
                 device=device,
+                profile_dir=profile,
             )
         except ValueError:
             raise UserError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None

@@ -6,13 +6,14 @@ graphs are found in Inductor's on-disk cache when both run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from lbrgm_fast.bench import SHAPES, BenchOptions, default_modes, parse_mode, render_table, run_bench
+from lbrgm_fast.bench import PROFILE_STEPS, SHAPES, BenchOptions, default_modes, parse_mode, render_table, run_bench
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.runtime.step import StepOptions
 
@@ -37,13 +38,20 @@ def check_result(r: dict, mode: str) -> None:
     assert r["loss_finite"] is True
 
 
-def test_eager_bench_results_are_well_formed() -> None:
+def test_eager_bench_results_are_well_formed(tmp_path: Path) -> None:
     seen = []
-    results = run_bench(BenchOptions(shapes=("tiny32",), modes=("eager-fp32",), batch_sizes=(2,), steps=2, device="cpu", vgg_resolution=32), on_result=seen.append)
+    options = BenchOptions(shapes=("tiny32",), modes=("eager-fp32",), batch_sizes=(2,), steps=2, device="cpu", vgg_resolution=32, profile_dir=tmp_path)
+    results = run_bench(options, on_result=seen.append)
     assert seen == results and len(results) == 1
     check_result(results[0], "eager-fp32")
     assert results[0]["speedup_vs_eager"] == 1.0 and results[0]["compile_seconds"] == 0.0
     json.loads(json.dumps(results))  # one JSON document, as `bench --json` prints
+    # The profile: PROFILE_STEPS steps of the measured mode, each under its own label.
+    profiled = tmp_path / "tiny32-batch2" / "eager-fp32"
+    trace = json.loads((profiled / "trace.json").read_text())
+    steps = [e for e in trace["traceEvents"] if e.get("name") == "lbrgm_step" and e.get("ph") == "X"]
+    assert len(steps) == PROFILE_STEPS
+    assert "aten::convolution" in (profiled / "ops.txt").read_text()
 
 
 def test_flop_count_matches_the_convolution_arithmetic() -> None:

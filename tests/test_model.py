@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
+from lbrgm_fast.kernels import (
+    demodulation_coefficients,
+    make_filter,
+    modulated_conv2d,
+    upfirdn2d,
+    upsample2d,
+)
+from lbrgm_fast.kernels.forms import library_kernel_forms
+from lbrgm_fast.kernels.upfirdn2d import _depthwise_fir, _sliced_fir
+from reference import nvidia_generator, nvidia_io, rel_error
 
 from lbrgm_fast.config import GeneratorConfig
-from lbrgm_fast.kernels import demodulation_coefficients, make_filter, upfirdn2d
 from lbrgm_fast.model import Generator
-
-from reference import nvidia_generator, nvidia_io, rel_error
 
 IMAGE_TOL = 1e-5  # fixtures README: float32 images and mapping outputs
 GRAD_TOL = 2e-3  # fixtures README: gradients (leaky-ReLU kinks flip under rounding)
@@ -148,3 +157,66 @@ def test_upfirdn2d_upsample_closed_form() -> None:
     # An impulse spreads to the [1,3,3,1] outer-product footprint.
     out = upfirdn2d(torch.ones(1, 1, 1, 1), make_filter(), padding=(3, 3, 3, 3))
     assert torch.allclose(out[0, 0], torch.outer(torch.tensor([1.0, 3, 3, 1]), torch.tensor([1.0, 3, 3, 1])) / 64)
+    with pytest.raises(ValueError, match="1-D taps"):
+        upfirdn2d(x, torch.outer(make_filter(), make_filter()))
+
+
+def test_upfirdn2d_forms_agree() -> None:
+    # The shifted-slice form (what torch.compile runs) against the depthwise convolution (eager,
+    # export), in float64 with an asymmetric filter, so that a missing flip or a transposed
+    # axis shows; then the compiled function as a whole, forward and input gradient.
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    f = torch.tensor([1.0, 2.0, 5.0, -1.0], dtype=torch.float64)
+    assert torch.allclose(_sliced_fir(x, f, 3.0), _depthwise_fir(x, f, 3.0), atol=1e-12)
+
+    def resample(v: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(v, make_filter(), up=2, padding=(2, 1, 3, 0), gain=4)
+
+    x = torch.randn(2, 3, 7, 9, requires_grad=True)
+    eager = resample(x)
+    (eager_grad,) = torch.autograd.grad(eager.square().sum(), x)
+    compiled = torch.compile(resample, fullgraph=True)(x)
+    (compiled_grad,) = torch.autograd.grad(compiled.square().sum(), x)
+    assert torch.allclose(compiled, eager, atol=1e-6) and torch.allclose(compiled_grad, eager_grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("demodulate", [False, True], ids=["torgb", "demodulated"])
+def test_compiled_1x1_modulated_conv_is_a_fused_reduction(demodulate: bool) -> None:
+    # Under torch.compile the 1x1 case (ToRGB) is traced as a reduction, not a convolution,
+    # and agrees with the eager convolution, forward and input / style gradients (float64).
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    styles = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 6, 1, 1, dtype=torch.float64)
+    traced: list[str] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Callable[..., object]:
+        traced.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    def layer(x: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        return modulated_conv2d(x, weight, styles, demodulate=demodulate)
+
+    results = []
+    for fn in (layer, torch.compile(layer, backend=backend, fullgraph=True)):
+        y = fn(x, styles)
+        results.append((y, *torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum(), (x, styles))))
+    for eager, compiled in zip(*results):
+        assert torch.allclose(compiled, eager, atol=1e-12)
+    assert traced and not any("conv" in target for target in traced)
+
+
+def test_export_traces_the_library_kernel_forms() -> None:
+    # torch.export counts as compiling; under library_kernel_forms (what the ONNX exporter
+    # uses) the filter stays one depthwise convolution, not the shifted slices.
+    class Upsample(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return upsample2d(x, make_filter())
+
+    def traced(module: torch.nn.Module) -> list[str]:
+        graph = torch.export.export(module, (torch.randn(1, 3, 8, 8),)).graph
+        return [str(node.target) for node in graph.nodes if node.op == "call_function"]
+
+    with library_kernel_forms():
+        targets = traced(Upsample())
+    assert sum("conv" in t for t in targets) == 1 and not any("slice" in t or "narrow" in t for t in targets)
+    assert not any("conv" in t for t in traced(Upsample()))
