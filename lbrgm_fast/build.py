@@ -6,7 +6,7 @@ import datetime
 import platform
 import tempfile
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -16,23 +16,13 @@ import torch
 from lbrgm_fast.checkpoints import read_checkpoint, save_lbrgm
 from lbrgm_fast.errors import UserError, WeightsNotFoundError
 from lbrgm_fast.model import Generator
+from lbrgm_fast.notes import NoteReporter, SilentNotes
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 from lbrgm_fast.plan import FORMAT, VERSION, write_plan
 
 __all__ = ["build_plan", "tensorrt_engine_members"]
 
 Precision = Literal["fp32", "fp16"]
-
-
-class NoteReporter(Protocol):
-    """Anything with `note(message)`, e.g. the job's Reporter."""
-
-    def note(self, message: str) -> None: ...
-
-
-class _Silent:
-    def note(self, message: str) -> None:
-        pass
 
 
 def _versions() -> dict[str, str | None]:
@@ -164,7 +154,7 @@ def build_plan(
         graph_spec,
     )
 
-    reporter = reporter or _Silent()
+    reporter = reporter or SilentNotes()
     if max_batch < 1:
         raise UserError(f"--max-batch must be >= 1, got {max_batch}")
     if precision not in ("fp32", "fp16"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -48,12 +49,23 @@ def user_errors() -> Iterator[None]:
 
 
 class RichReporter:
-    """Renders a job's progress: one bar per batch with loss terms, score, steps/s and ETA."""
+    """Renders a job's progress: one bar per batch with loss terms, score, steps/s and ETA.
+
+    When stderr is not a terminal (a log file, a pipeline), a live bar would print nothing
+    until the end; a plain line is written at every tenth of the steps instead.
+    """
+
+    #: Plain-text progress lines per batch when stderr is not a terminal.
+    PLAIN_LINES = 10
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self._progress: Progress | None = None
         self._task = None
+        self._label = ""
+        self._steps = 0
+        self._started = 0.0
+        self._next_line = 0
 
     def note(self, message: str) -> None:
         if not self.quiet:
@@ -61,6 +73,10 @@ class RichReporter:
 
     def batch_started(self, names: Sequence[str], steps: int) -> None:
         if self.quiet:
+            return
+        self._label = ", ".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1}"
+        self._steps, self._started, self._next_line = steps, time.perf_counter(), 0
+        if not stderr.is_terminal:
             return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -72,26 +88,29 @@ class RichReporter:
             TimeRemainingColumn(),
             console=stderr,
         )
-        label = ", ".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1}"
-        self._task = self._progress.add_task(label, total=steps, terms="", rate="")
+        self._task = self._progress.add_task(self._label, total=steps, terms="", rate="")
         self._progress.start()
 
     def progress(self, progress) -> None:  # noqa: ANN001 - lbrgm_fast.reconstruct.Progress
-        if self._progress is None or self._task is None:
+        if self.quiet or not self._label:
             return
         mean = lambda values: sum(values) / len(values)  # noqa: E731
         terms = f"loss {mean(progress.terms['total']):.4g} pix {mean(progress.terms['pixel']):.4g}"
         if progress.score is not None:
             terms += f" score {mean(progress.score):.4g}"
-        self._progress.update(self._task, completed=progress.step, terms=terms)
-        task = self._progress.tasks[0]
-        if task.elapsed and progress.step:
-            self._progress.update(self._task, rate=f"{progress.step / task.elapsed:.1f} steps/s")
+        elapsed = time.perf_counter() - self._started
+        rate = f"{progress.step / elapsed:.1f} steps/s" if elapsed > 0 and progress.step else ""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=progress.step, terms=terms, rate=rate)
+        elif progress.step >= self._next_line:
+            stderr.print(f"{self._label}: step {progress.step}/{self._steps} {terms} {rate}", highlight=False)
+            self._next_line = progress.step + max(self._steps // self.PLAIN_LINES, 1)
 
     def batch_finished(self) -> None:
         if self._progress is not None:
             self._progress.stop()
         self._progress = self._task = None
+        self._label = ""
 
 
 def _summary_table(outcomes: list) -> Table:  # noqa: ANN001

@@ -60,6 +60,7 @@ def run_demo(out: Path, steps: int = 200, seed: int = 0, reporter: Reporter | No
             method=method, steps=steps, candidates=20, seed=seed, device="cpu", early_stop="oracle",
             log_every=10, overwrite=True, compile=False,  # 200 steps: compiling would cost more than it saves
         )
+        reporter.note(f"demo: restoring with {method}")
         started = time.perf_counter()
         (outcome,) = run_job(options, reporter, models=models)
         if outcome.status != "done":

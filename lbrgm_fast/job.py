@@ -406,6 +406,11 @@ def run_job(
         raise UserError("--batch-size must be >= 1")
     if options.task not in ("inpaint", "superres", "project"):
         raise UserError(f"unknown task {options.task!r}; choose inpaint, superres or project")
+    # Whole-job option problems fail here, before the (slow) model loading, not once per input.
+    if options.degrade and options.task == "superres" and options.factor is None:
+        raise UserError("--degrade with --task superres needs --factor")
+    if options.ground_truth and not Path(options.ground_truth).exists():
+        raise UserError(f"--ground-truth {options.ground_truth}: no such file or folder")
     device = choose_device(options.device)
     paths, problems = find_inputs(options.inputs)
     outcomes = [InputOutcome(name=name, source=name, status="failed", message=problem) for name, problem in problems]

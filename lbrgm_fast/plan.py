@@ -27,10 +27,12 @@ from lbrgm_fast.io import atomic_write
 from lbrgm_fast.model import Generator
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 
-__all__ = ["FORMAT", "MANIFEST", "VERSION", "Plan", "read_plan", "write_plan"]
+__all__ = ["FORMAT", "GRAPHS", "MANIFEST", "VERSION", "Plan", "read_plan", "write_plan"]
 
 FORMAT = "lbrgm-plan"
 VERSION = 1
+#: The ONNX graphs a plan may hold (docs/plan-format.md).
+GRAPHS = ("mapping", "synthesis", "features", "lpips")
 MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 1 << 20
 _CHUNK = 1 << 20

@@ -76,8 +76,10 @@ def test_run_inpainting_end_to_end(weights: dict[str, str], face: Path, tmp_path
     # A second run does not overwrite; --overwrite does.
     again = invoke(*base_run(weights, tmp_path, str(face), "--mask-preset", "right-half"))
     assert again.exit_code == 0 and "already holds a result" in again.output
-    forced = invoke(*base_run(weights, tmp_path, str(face), "--mask-preset", "right-half", "--overwrite"))
+    # (Without --quiet: stderr is no terminal here, so progress comes as plain lines.)
+    forced = invoke(*[a for a in base_run(weights, tmp_path, str(face), "--mask-preset", "right-half", "--overwrite") if a != "--quiet"])
     assert forced.exit_code == 0, forced.output
+    assert "face: step 0/4 loss" in forced.output and "face: step 4/4 loss" in forced.output
 
 
 def test_superres_factor_from_the_input_size(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
@@ -111,6 +113,8 @@ def test_one_bad_input_does_not_stop_the_others(weights: dict[str, str], face: P
         (["--mask-preset", "eyes", "--batch-size", "0"], "batch-size"),
         (["--mask-preset", "eyes", "--memory-budget", "0.5"], "needs the compiled step"),  # base_run: --no-compile
         (["--mask-preset", "eyes", "--memory-budget", "1.5"], "memory budget must be in (0, 1]"),
+        (["--task", "superres", "--degrade"], "--degrade with --task superres needs --factor"),
+        (["--mask-preset", "eyes", "--ground-truth", "no/such/clean.png"], "no such file or folder"),
     ],
 )
 def test_bad_options_are_one_line_exit_2(weights: dict[str, str], face: Path, tmp_path: Path, extra: list[str], message: str) -> None:

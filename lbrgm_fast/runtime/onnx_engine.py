@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lbrgm_fast.errors import UserError
+from lbrgm_fast.plan import GRAPHS
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from lbrgm_fast.plan import Plan
 
 Provider = Literal["cpu", "cuda", "tensorrt"]
-GRAPHS = ("mapping", "synthesis", "features", "lpips")
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
@@ -219,4 +219,4 @@ class OnnxRuntimeEngine:
         return distance
 
 
-__all__ = ["GRAPHS", "OnnxRuntimeEngine", "Provider", "provider_problem"]
+__all__ = ["OnnxRuntimeEngine", "Provider", "provider_problem"]

@@ -16,32 +16,22 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.io import atomic_write
+from lbrgm_fast.notes import NoteReporter, SilentNotes
 from lbrgm_fast.plan import Plan
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 
-__all__ = ["BACKENDS", "CHOICE_FILE", "PHASES", "PhaseEngine", "Reporter", "Selection", "backend_problems", "make_engine", "select_engine"]
+__all__ = ["BACKENDS", "CHOICE_FILE", "PHASES", "PhaseEngine", "Selection", "backend_problems", "make_engine", "select_engine"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 #: generate: mapping + synthesis; features: φ (these two score the N1 candidates); lpips: the monitor.
 PHASES = ("generate", "features", "lpips")
 CHOICE_FILE = "backends.json"
-
-
-class Reporter(Protocol):
-    """Anything with `note(message)`, e.g. the job's Reporter."""
-
-    def note(self, message: str) -> None: ...
-
-
-class _Silent:
-    def note(self, message: str) -> None:
-        pass
 
 
 class PhaseEngine:
@@ -190,7 +180,7 @@ def select_engine(
     plan: Plan,
     backend: str = "auto",
     device: torch.device | str = "cpu",
-    reporter: Reporter | None = None,
+    reporter: NoteReporter | None = None,
     *,
     torch_engine: TorchEngine | None = None,
     batch: int = 8,
@@ -218,7 +208,7 @@ def select_engine(
         UserError: an unknown backend, or an explicit one that cannot run here.
     """
     device = torch.device(device)
-    reporter = reporter or _Silent()
+    reporter = reporter or SilentNotes()
     phases = [p for p in PHASES if p != "lpips" or (lpips and plan.manifest["monitor"] is not None)]
     if backend != "auto":
         engine = make_engine(plan, backend, device, torch_engine, reporter.note, threads)
@@ -304,7 +294,7 @@ def _read_choice(plan: Plan, key: str) -> dict[str, Any] | None:
     return None
 
 
-def _write_choice(plan: Plan, key: str, entry: dict[str, Any], reporter: Reporter) -> None:
+def _write_choice(plan: Plan, key: str, entry: dict[str, Any], reporter: NoteReporter) -> None:
     path = plan.cache_dir / CHOICE_FILE
     try:
         existing = json.loads(path.read_text()) if path.is_file() else {}

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lbrgm_fast.errors import UserError
+from lbrgm_fast.plan import GRAPHS
 
 if TYPE_CHECKING:
     from lbrgm_fast.plan import Plan
 
-GRAPHS = ("mapping", "synthesis", "features", "lpips")
 _TIMING_CACHE = "timing.cache"
 
 
