@@ -30,7 +30,11 @@ def fusing_compiler() -> bool:
 
 @contextlib.contextmanager
 def library_kernel_forms() -> Iterator[None]:
-    """Trace the library-kernel forms even under a compiler (used around ONNX export)."""
+    """Trace the library-kernel forms even under a compiler (used around ONNX export).
+
+    The flag is process-wide (a plain global, which Dynamo reads and guards like any other):
+    a torch.compile trace on another thread while an export runs would get these forms too.
+    """
     global _library_forms_only
     previous, _library_forms_only = _library_forms_only, True
     try:

@@ -59,8 +59,9 @@ def _upsampling_conv(x: torch.Tensor, weight: torch.Tensor, f: torch.Tensor, gro
 def _modulated_channel_mix(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, dcoefs: torch.Tensor | None) -> torch.Tensor:
     """Modulated 1x1 convolution as a reduction: y[b, o] = d[b, o] sum_i W[o, i] s[b, i] x[b, i].
 
-    The broadcast product is never materialised under torch.compile (the only caller): Inductor
-    emits one reduction kernel reading x once. Accumulates in float32 at least; returns x's dtype.
+    Under torch.compile (the only caller) Inductor fuses the product into the reduction: the
+    [B, O, I, H, W] broadcast is never stored. Accumulates in float32 at least and returns what
+    the convolution would: the autocast dtype under autocast, else x's dtype.
     """
     batch, in_ch = styles.shape
     acc = torch.promote_types(x.dtype, torch.float32)
@@ -68,7 +69,8 @@ def _modulated_channel_mix(x: torch.Tensor, weight: torch.Tensor, styles: torch.
     if dcoefs is not None:
         per_sample = per_sample * dcoefs.reshape(batch, -1, 1)
     y = (x.unsqueeze(1) * per_sample.reshape(*per_sample.shape, 1, 1)).sum(dim=2)
-    return y.to(x.dtype)
+    device = x.device.type
+    return y.to(torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype)
 
 
 def modulated_conv2d(

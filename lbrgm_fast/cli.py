@@ -102,7 +102,7 @@ class RichReporter:
         rate = f"{progress.step / elapsed:.1f} steps/s" if elapsed > 0 and progress.step else ""
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=progress.step, terms=terms, rate=rate)
-        elif progress.step >= self._next_line:
+        elif progress.step >= self._next_line or progress.step >= self._steps:
             stderr.print(f"{self._label}: step {progress.step}/{self._steps} {terms} {rate}", highlight=False)
             self._next_line = progress.step + max(self._steps // self.PLAIN_LINES, 1)
 

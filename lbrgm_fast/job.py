@@ -175,9 +175,8 @@ def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: Inp
         if options.degrade:
             gt = image
             if options.task == "superres":
-                if factor is None:
-                    raise UserError("--degrade with --task superres needs --factor")
-                observation = SuperResolution(factor, kernel=options.kernel)(image[None])[0]  # type: ignore[arg-type]
+                assert factor is not None, "run_job refuses --degrade superres without --factor"
+                observation = SuperResolution(factor, kernel=options.kernel)(image[None])[0]
             else:
                 observation = image
         else:
