@@ -14,8 +14,10 @@ Timing: every mode of a shape and batch size is built and warmed up first, then 
 are timed in turn, round after round, so that a busy spell on a shared machine slows them
 alike; on the CPU a round is one step per mode, on CUDA an unsynchronised block of steps, as in
 the real loop; the median over the rounds is reported. Steps that compile or capture are
-excluded and reported as `compile_seconds`. FLOPs come from `torch.utils.flop_counter` over one eager forward and
-backward pass (convolutions and matrix products; Adam's element-wise update is not counted).
+excluded and reported as `compile_seconds` (a mode after the first compiled one reuses its
+compiled code, so its figure is the capture alone). FLOPs come from `torch.utils.flop_counter`
+over one eager forward and backward pass (convolutions and matrix products; Adam's element-wise
+update is not counted).
 """
 
 from __future__ import annotations

@@ -495,7 +495,6 @@ def _run_batch(
     profiler: Profiler,
 ) -> None:
     has_gt = all(p.ground_truth is not None for p in batch)
-    step_options = rec.step_options
     folders = [p.outcome.folder for p in batch]
     for f in folders:
         f.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
@@ -541,7 +540,7 @@ def _run_batch(
     extra = {
         **models.source,
         "operator": operator.describe(),
-        "step": dataclasses.asdict(step_options),
+        "step": dataclasses.asdict(rec.step_options),
         "forward_engine": models.engine_report or {"choice": "torch (the model itself)"},
         "batch_seconds": round(time.perf_counter() - started, 3),
     }

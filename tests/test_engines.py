@@ -197,6 +197,11 @@ def test_auto_leaves_lpips_out_when_the_run_does_not_monitor(own_plan: Plan) -> 
     selection = select_engine(own_plan, "auto", "cpu", notes, torch_engine=TorchEngine(G, vgg, None), batch=2, lpips=False, repeats=1)
     assert set(selection.choice) == {"generate", "features"}
     assert notes.messages == [selection.reason] and "lpips" not in selection.reason
+    # A monitoring run keeps its own cached choice beside it, not in its place: the run without
+    # LPIPS still finds its measurement afterwards.
+    select_engine(own_plan, "auto", "cpu", notes, batch=2, repeats=1)
+    again = select_engine(own_plan, "auto", "cpu", notes, torch_engine=TorchEngine(G, vgg, None), batch=2, lpips=False, repeats=1)
+    assert again.cached and again.choice == selection.choice
 
 
 def test_auto_survives_a_damaged_or_unwritable_cache(own_plan: Plan) -> None:

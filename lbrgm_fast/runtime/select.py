@@ -218,7 +218,9 @@ def select_engine(
     if plan.manifest["tensorrt"] and "tensorrt" in unavailable:
         reporter.note(f"auto: not using the plan's TensorRT engines ({', '.join(sorted(plan.manifest['tensorrt']))}): {unavailable['tensorrt']}")
     candidates = [b for b in BACKENDS if b not in unavailable]
-    cache_key = f"{plan.content_sha256}|{_machine_key(device, candidates)}|batch={batch}"
+    # The phases are part of the key: a run that monitors LPIPS and one that does not (the same
+    # job's batches with and without ground truth) each keep their own measured choice.
+    cache_key = f"{plan.content_sha256}|{_machine_key(device, candidates)}|batch={batch}|phases={','.join(phases)}"
     cached = _read_choice(plan, cache_key) if use_cache else None
 
     engines: dict[str, ForwardEngine] = {}

@@ -167,8 +167,8 @@ def prepare_networks(networks: Iterable[torch.nn.Module | None], options: StepOp
     ffhqlike64, 2291 -> 2176 ms at ffhq256. Only the layout changes, not a value; the convolutions
     may round differently (~1e-7). Eager and CUDA steps keep the weights as loaded: on CUDA
     channels-last weights made no difference (H200, 1024 px, compiled bf16 + CUDA graphs, with
-    the convolution forms of the filters: 9.31 / 9.3 ms at batch 1, 61.4 / 61.5 ms at batch 8). Call it before anything runs the networks, so that every
-    phase of a run sees one layout.
+    the convolution forms of the filters: 9.31 / 9.3 ms at batch 1, 61.4 / 61.5 ms at batch 8).
+    Call it before anything runs the networks, so that every phase of a run sees one layout.
     """
     if options.compile and torch.device(device).type == "cpu":
         for network in networks:
