@@ -360,12 +360,6 @@ def load_models(options: RunOptions, device: torch.device, need_monitor: bool, r
             plan, options.forward_backend, device, reporter, torch_engine=TorchEngine(generator, perceptual, monitor),
             lpips=monitor is not None,
         )
-        if selection.choice.get("lpips") == "tensorrt" and options.batch_size > plan.manifest["max_batch"]:
-            # The loop monitors a whole batch at once; the engines' profiles stop at max_batch.
-            raise UserError(
-                f"--batch-size {options.batch_size} exceeds the plan's TensorRT batch limit {plan.manifest['max_batch']}; "
-                "use a smaller batch, --forward-backend torch, or rebuild the plan with a larger --max-batch"
-            )
         notes.append(selection.reason)
         return Models(generator, perceptual, monitor, source, notes, selection.engine, selection.describe())
     if options.forward_backend not in ("auto", "torch"):

@@ -25,6 +25,7 @@ from lbrgm_fast.reconstruct import ReconstructionResult, Reconstructor
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 from lbrgm_fast.runtime.onnx_engine import OnnxRuntimeEngine
 from lbrgm_fast.runtime.select import CHOICE_FILE, PhaseEngine, select_engine
+from lbrgm_fast.runtime.tensorrt_engine import run_in_batches
 
 from plans import TINY32_PICKLE, altered_plan, tiny32_plan
 from reference import rel_error
@@ -311,3 +312,22 @@ def test_tensorrt_engine_matches_torch(plan_path: Path, tmp_path: Path) -> None:
     notes = Notes()
     TensorRTEngine.from_plan(read_plan(copy), "cuda", notes.note)
     assert not any("building" in m for m in notes.messages)
+
+
+def test_tensorrt_graphs_run_batches_beyond_their_profile_in_slices() -> None:
+    # What a TensorRT engine does with a job batch above the plan's max_batch (the engine itself
+    # needs TensorRT): slices of at most max_batch, outputs concatenated in order.
+    calls: list[int] = []
+
+    def engine(x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+        assert x.shape[0] <= 4
+        calls.append(x.shape[0])
+        return [(x - y).square().sum(dim=1), x.mean(dim=1, keepdim=True)]
+
+    x, y = torch.randn(10, 3), torch.randn(10, 3)
+    distance, mean = run_in_batches(engine, (x, y), max_batch=4)
+    assert calls == [4, 4, 2]
+    assert torch.equal(distance, (x - y).square().sum(dim=1)) and torch.equal(mean, x.mean(dim=1, keepdim=True))
+    calls.clear()
+    run_in_batches(engine, (x[:4], y[:4]), max_batch=4)
+    assert calls == [4]

@@ -12,7 +12,7 @@ from the plan's ONNX graphs once, with a one-line note, and cached next to the p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,19 @@ if TYPE_CHECKING:
     from lbrgm_fast.plan import Plan
 
 _TIMING_CACHE = "timing.cache"
+
+
+def run_in_batches(
+    run: Callable[..., list[torch.Tensor]], tensors: Sequence[torch.Tensor], max_batch: int
+) -> list[torch.Tensor]:
+    """`run(*tensors)`, in slices of at most `max_batch` along the batch dimension when the
+    batch is larger (an engine's profile ends at the plan's max_batch, a job's batch need not),
+    each output concatenated back."""
+    batch = tensors[0].shape[0]
+    if batch <= max_batch:
+        return run(*tensors)
+    parts = [run(*(t[start : start + max_batch] for t in tensors)) for start in range(0, batch, max_batch)]
+    return [torch.cat(outputs) for outputs in zip(*parts)]
 
 
 class _Graph:
@@ -44,10 +57,15 @@ class _Graph:
         for n in names:
             if self.engine.get_tensor_dtype(n) != trt.float32:
                 raise RuntimeError(f"the {name} engine's tensor {n} is not float32")
+        # The largest batch of the engine's optimisation profile ([min, opt, max] shapes).
+        self.max_batch = int(self.engine.get_tensor_profile_shape(self.inputs[0], 0)[2][0])
 
     def run(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         if len(tensors) != len(self.inputs):
             raise ValueError(f"the {self.name} engine takes {len(self.inputs)} inputs, got {len(tensors)}")
+        return run_in_batches(self._run_once, tensors, self.max_batch)
+
+    def _run_once(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         device = tensors[0].device
         inputs = [t.detach().to(torch.float32).contiguous() for t in tensors]  # alive until enqueued
         for name, tensor in zip(self.inputs, inputs):
