@@ -1,14 +1,14 @@
 """Which of a kernel's equal forms to run.
 
-Some ops here have two forms that compute the same thing: one built on a single library kernel
-(a cuDNN / oneDNN convolution), best when torch runs op by op, and one built on element-wise
-ops and reductions, which torch.compile's Inductor fuses with its neighbours into a few
-memory-bound kernels, backward included. `fusing_compiler()` says which one to trace.
+Some ops here have two forms that compute the same thing: one built on a single convolution
+(cuDNN / oneDNN), best when torch runs op by op, and one that suits torch.compile better: the
+FIR filter as element-wise shifted slices, which Inductor fuses with its neighbours, backward
+included, and ToRGB's modulated 1x1 convolution as a batched matrix product with the style
+folded into its weight. `fusing_compiler()` says which one to trace.
 
-Graphs exported for ONNX Runtime and TensorRT want the library-kernel forms (one convolution
-node runs better there than a chain of small ones, and a 1x1 convolution written as a
-broadcast product would be materialised), so the exporter traces under
-`library_kernel_forms()`. The flag is ours rather than `torch.compiler.is_exporting()`, which
+Graphs exported for ONNX Runtime and TensorRT want the convolution forms (one convolution node
+runs better there than a chain of small ones, and these runtimes fuse around convolutions
+themselves), so the exporter traces under `library_kernel_forms()`. The flag is ours rather than `torch.compiler.is_exporting()`, which
 torch.compile itself answered True in torch 2.11 (seen on the GPU machine: the compiled step
 kept the convolution forms).
 """

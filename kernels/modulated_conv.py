@@ -11,11 +11,12 @@ rescales each output channel so that it has unit expected variance:
   research code does for batch 1 at inference.
 
 Under torch.compile (forms.py) the non-fused 1x1 case — ToRGB, 3 output channels — runs as a
-reduction over the input channels with the style folded into a per-sample [B, O, I] weight,
-which Inductor fuses with its neighbours (the modulation, the bias, the skip addition). On the
-CPU (1 thread, fp32, [1, 128, 256, 256], forward + backward): compiled convolution 260 ms,
-compiled reduction 92 ms. On the GPU the convolution's share was small (H200, 1024 px, batch 8:
-no ToRGB convolution among the 30 costliest ops of the step).
+batched matrix product with the style folded into a per-sample [B, O, I] weight, instead of a
+convolution that needs the input scaled first. Measured, forward + backward of ToRGB compiled,
+CPU 1 thread fp32 [1, 128, 256, 256]: convolution 260 ms, an Inductor reduction over the input
+channels 92-109 ms, the matrix product 73 ms. Whole step, H200, 1024 px, batch 8, bf16 + CUDA
+graphs: 35.1 ms with the reduction (its style-gradient kernel alone took 5.1 ms), 26.8 ms with
+the matrix product (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -57,20 +58,27 @@ def _upsampling_conv(x: torch.Tensor, weight: torch.Tensor, f: torch.Tensor, gro
 
 
 def _modulated_channel_mix(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, dcoefs: torch.Tensor | None) -> torch.Tensor:
-    """Modulated 1x1 convolution as a reduction: y[b, o] = d[b, o] sum_i W[o, i] s[b, i] x[b, i].
+    """Modulated 1x1 convolution as a batched matrix product: y[b] = (d[b] * W * s[b]) @ x[b].
 
-    Under torch.compile (the only caller) Inductor fuses the product into the reduction: the
-    [B, O, I, H, W] broadcast is never stored. Accumulates in float32 at least and returns what
-    the convolution would: the autocast dtype under autocast, else x's dtype.
+    The style and demodulation fold into a per-sample [B, O, I] weight (float32 at least, then
+    cast to the compute dtype as the convolution casts its weight); the product runs on the GEMM
+    library (cuBLAS / oneDNN), whose backward reduces over the pixels in one well-tiled pass.
+    A channels-last input is multiplied as [B, HW, I] so that no layout copy is made. Returns
+    what the convolution would: the autocast dtype under autocast, else x's dtype.
     """
     batch, in_ch = styles.shape
     acc = torch.promote_types(x.dtype, torch.float32)
     per_sample = weight.to(acc).reshape(1, -1, in_ch) * styles.to(acc).reshape(batch, 1, in_ch)  # [B, O, I]
     if dcoefs is not None:
         per_sample = per_sample * dcoefs.reshape(batch, -1, 1)
-    y = (x.unsqueeze(1) * per_sample.reshape(*per_sample.shape, 1, 1)).sum(dim=2)
     device = x.device.type
-    return y.to(torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype)
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    per_sample, x = per_sample.to(dtype), x.to(dtype)
+    height, width = x.shape[2:]
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        y = torch.bmm(x.permute(0, 2, 3, 1).reshape(batch, height * width, in_ch), per_sample.transpose(1, 2))  # [B, HW, O]
+        return y.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+    return torch.bmm(per_sample, x.reshape(batch, in_ch, height * width)).reshape(batch, -1, height, width)
 
 
 def modulated_conv2d(

@@ -182,11 +182,13 @@ def test_upfirdn2d_forms_agree() -> None:
     assert torch.allclose(compiled, eager, atol=1e-6) and torch.allclose(compiled_grad, eager_grad, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("demodulate", [False, True], ids=["torgb", "demodulated"])
-def test_compiled_1x1_modulated_conv_is_a_fused_reduction(demodulate: bool) -> None:
-    # Under torch.compile the 1x1 case (ToRGB) is traced as a reduction, not a convolution,
-    # and agrees with the eager convolution, forward and input / style gradients (float64).
-    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+def test_compiled_1x1_modulated_conv_is_a_matrix_product(demodulate: bool, layout: torch.memory_format) -> None:
+    # Under torch.compile the 1x1 case (ToRGB) is traced as a batched matrix product, not a
+    # convolution, and agrees with the eager convolution, forward and input / style gradients
+    # (float64), for a contiguous and a channels-last input (the compiled CPU step's layout).
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64).to(memory_format=layout).requires_grad_()
     styles = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 6, 1, 1, dtype=torch.float64)
     traced: list[str] = []
@@ -204,7 +206,8 @@ def test_compiled_1x1_modulated_conv_is_a_fused_reduction(demodulate: bool) -> N
         results.append((y, *torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum(), (x, styles))))
     for eager, compiled in zip(*results):
         assert torch.allclose(compiled, eager, atol=1e-12)
-    assert traced and not any("conv" in target for target in traced)
+    assert any("bmm" in target for target in traced) and not any("conv" in target for target in traced)
+    assert results[1][0].is_contiguous(memory_format=layout)
     # Under autocast both forms return the autocast dtype, even for a float32 input.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x32, s32 = x.detach().float(), styles.detach().float()
