@@ -62,7 +62,8 @@ def _modulated_channel_mix(x: torch.Tensor, weight: torch.Tensor, styles: torch.
 
     The style and demodulation fold into a per-sample [B, O, I] weight (float32 at least, then
     cast to the compute dtype as the convolution casts its weight); the product runs on the GEMM
-    library (cuBLAS / oneDNN), whose backward reduces over the pixels in one well-tiled pass.
+    library (cuBLAS / oneDNN), and so does the backward's sum over all pixels for the style
+    gradient, which as an Inductor reduction was the step's costliest kernel on the GPU.
     A channels-last input is multiplied as [B, HW, I] so that no layout copy is made. Returns
     what the convolution would: the autocast dtype under autocast, else x's dtype.
     """
@@ -75,7 +76,7 @@ def _modulated_channel_mix(x: torch.Tensor, weight: torch.Tensor, styles: torch.
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
     per_sample, x = per_sample.to(dtype), x.to(dtype)
     height, width = x.shape[2:]
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         y = torch.bmm(x.permute(0, 2, 3, 1).reshape(batch, height * width, in_ch), per_sample.transpose(1, 2))  # [B, HW, O]
         return y.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
     return torch.bmm(per_sample, x.reshape(batch, in_ch, height * width)).reshape(batch, -1, height, width)
