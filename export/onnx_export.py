@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import onnx
 import torch
-from lbrgm_fast.kernels.forms import library_kernel_forms
+from lbrgm_fast.kernels.forms import convolution_forms
 from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
@@ -250,8 +250,8 @@ def _export(
 ) -> bytes:
     module = module.eval()
     try:
-        # library_kernel_forms: convolutions, not the forms that torch.compile fuses (forms.py).
-        with _quiet(), torch.no_grad(), library_kernel_forms():
+        # convolution_forms: convolutions, not the forms the compiled step traces (forms.py).
+        with _quiet(), torch.no_grad(), convolution_forms():
             program = torch.onnx.export(
                 module,
                 args,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .forms import fusing_compiler
+from .forms import compiler_forms
 from .upfirdn2d import upfirdn2d
 
 
@@ -119,7 +119,7 @@ def modulated_conv2d(
         styles = styles / styles.abs().amax(dim=1, keepdim=True)
     dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [B, O]
 
-    if not fused and kh == kw == 1 and not up and fusing_compiler():
+    if not fused and kh == kw == 1 and not up and compiler_forms():
         return _modulated_channel_mix(x, weight, styles, dcoefs)
     if not fused:
         x = x * styles.to(x.dtype).reshape(batch, in_ch, 1, 1)

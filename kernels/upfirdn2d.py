@@ -14,9 +14,10 @@ Measured. GPU (H200, compiled bf16 step at 1024 px, batch 8, 62.3 ms per step): 
 depthwise convolution with a direct NCHW kernel (15 ms per step forward, 10 ms input gradient)
 plus layout transforms around it; the forward filter at 1024 px alone ([8, 32, 1027, 1027])
 took 14.2 ms. With the sliced form (and ToRGB's fused form of the time, modulated_conv.py) the
-batch-1 step with CUDA graphs went from 9.3 to 6.2 ms, and batch 8 from 61.5 to 35.1 ms. CPU (1 thread, fp32, [1, 128, 258, 258], forward + backward):
-compiled convolution 473 ms, compiled slices 216 ms; eagerly the slices lose (seven ops and
-their temporaries per axis instead of one kernel: 1198 ms against the convolution's 343 ms).
+batch-1 step with CUDA graphs went from 9.3 to 6.2 ms, and batch 8 from 61.5 to 35.1 ms.
+CPU (1 thread, fp32, [1, 128, 258, 258], forward + backward): compiled convolution 473 ms,
+compiled slices 216 ms; eagerly the slices lose (seven ops and their temporaries per axis
+instead of one kernel: 1198 ms against the convolution's 343 ms).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .forms import fusing_compiler
+from .forms import compiler_forms
 
 
 def make_filter(taps: Sequence[float] = (1, 3, 3, 1)) -> torch.Tensor:
@@ -93,7 +94,7 @@ def upfirdn2d(
     ]
     if min(x.shape[2:]) < f.shape[0]:
         raise ValueError(f"upfirdn2d: {tuple(x.shape[2:])} pixels after padding, fewer than the {f.shape[0]} filter taps")
-    fir = _sliced_fir if fusing_compiler() else _depthwise_fir
+    fir = _sliced_fir if compiler_forms() else _depthwise_fir
     x = fir(x, f, gain)
     if down > 1:
         x = x[:, :, ::down, ::down]

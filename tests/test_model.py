@@ -13,7 +13,7 @@ from lbrgm_fast.kernels import (
     upfirdn2d,
     upsample2d,
 )
-from lbrgm_fast.kernels.forms import library_kernel_forms
+from lbrgm_fast.kernels.forms import convolution_forms
 from lbrgm_fast.kernels.upfirdn2d import _depthwise_fir, _sliced_fir
 from reference import nvidia_generator, nvidia_io, rel_error
 
@@ -216,18 +216,25 @@ def test_compiled_1x1_modulated_conv_is_a_matrix_product(demodulate: bool, layou
     assert eager_dtype == compiled_dtype == torch.bfloat16
 
 
-def test_export_traces_the_library_kernel_forms() -> None:
-    # torch.export counts as compiling: plain, it traces the shifted slices (no convolution);
-    # under library_kernel_forms (what the ONNX exporter uses) one depthwise convolution.
+def test_export_traces_the_convolution_forms() -> None:
+    # torch.export counts as compiling: plain, it traces the compiled step's forms (shifted
+    # slices, a matrix product); under convolution_forms (what the ONNX exporter uses) one
+    # depthwise convolution for the filter and one 1x1 convolution for ToRGB.
     class Upsample(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return upsample2d(x, make_filter())
+
+    class ToRGB(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return modulated_conv2d(x, torch.ones(3, 3, 1, 1), torch.ones(1, 3), demodulate=False)
 
     def traced(module: torch.nn.Module) -> list[str]:
         graph = torch.export.export(module, (torch.randn(1, 3, 8, 8),)).graph
         return [str(node.target) for node in graph.nodes if node.op == "call_function"]
 
-    with library_kernel_forms():
-        targets = traced(Upsample())
-    assert sum("conv" in t for t in targets) == 1
-    assert not any("conv" in t for t in traced(Upsample()))
+    for module in (Upsample(), ToRGB()):
+        with convolution_forms():
+            targets = traced(module)
+        assert sum("conv" in t for t in targets) == 1 and not any("bmm" in t for t in targets)
+        assert not any("conv" in t for t in traced(module))
+    assert any("bmm" in t for t in traced(ToRGB()))
