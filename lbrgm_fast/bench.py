@@ -135,7 +135,7 @@ def _check(options: BenchOptions, device: torch.device, modes: tuple[str, ...]) 
     if unknown or not options.shapes:
         raise UserError(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
     if not options.batch_sizes or min(options.batch_sizes) < 1 or options.steps < 1:
-        raise UserError("batch sizes and steps must be >= 1")
+        raise UserError(f"--batch-sizes and --steps must be >= 1, got batch sizes {list(options.batch_sizes)} and {options.steps} steps")
     for mode in modes:
         parse_mode(mode).check(device)
 

@@ -95,6 +95,10 @@ def test_modes_and_options() -> None:
         run_bench(BenchOptions(shapes=("ffhq512",), device="cpu"))
     with pytest.raises(UserError, match="CUDA graphs"):
         run_bench(BenchOptions(shapes=("tiny32",), modes=("eager-fp32-graphs",), device="cpu"))
+    with pytest.raises(UserError, match=r"--batch-sizes and --steps must be >= 1, got batch sizes \[1, 0\]"):
+        run_bench(BenchOptions(shapes=("tiny32",), batch_sizes=(1, 0), device="cpu"))
+    with pytest.raises(UserError, match="and 0 steps"):
+        run_bench(BenchOptions(shapes=("tiny32",), steps=0, device="cpu"))
 
 
 @pytest.mark.parametrize("name", ["tiny32", "ffhqlike64"])
