@@ -18,6 +18,11 @@ excluded and reported as `compile_seconds` (a mode after the first compiled one 
 compiled code, so its figure is the capture alone). FLOPs come from `torch.utils.flop_counter`
 over one eager forward and backward pass (convolutions and matrix products; Adam's element-wise
 update is not counted).
+
+Host memory (CPU): with `retain_host_memory` (the CLI's default, as for `lbrgm-fast run`) every
+mode, the eager baseline included, runs with freed memory kept in the process
+(`runtime.host_memory`); the research code runs with glibc's defaults, so compare against it
+with `--no-retain-host-memory` in a separate process (bench/bench_host_memory.py does both).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.reconstruct import Objective, generator_to_255
+from lbrgm_fast.runtime.host_memory import (
+    release_freed_host_memory,
+    retained_host_memory,
+)
 from lbrgm_fast.runtime.step import (
     PRECISIONS,
     StepOptions,
@@ -87,6 +96,8 @@ class BenchOptions:
         profile_dir: Where to write a torch profiler trace of `PROFILE_STEPS` steady-state
             steps of every measurement, after its timing (one folder per shape, batch and
             mode: trace.json and ops.txt, see `profile_steps`); None: no profiling.
+        retain_host_memory: CPU only: keep freed host memory in the process while measuring
+            (see the module docstring); off by default in the library, on in the CLI.
     """
 
     shapes: tuple[str, ...] = ("ffhqlike64",)
@@ -97,6 +108,7 @@ class BenchOptions:
     vgg_resolution: int = 256
     seed: int = 0
     profile_dir: Path | None = None
+    retain_host_memory: bool = False
 
     def resolved_device(self) -> torch.device:
         if self.device is None:
@@ -183,6 +195,9 @@ def _reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    # Memory freed earlier but kept by the allocator (retain_host_memory) must not count as
+    # this mode's: hand it back before the peak starts.
+    release_freed_host_memory()
     try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -242,6 +257,7 @@ def _current_memory(device: torch.device) -> int:
     """Memory held now: device memory on CUDA, resident set size on the CPU (Linux; else 0)."""
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
+    release_freed_host_memory()  # count what is held, not what the allocator keeps free
     return _process_status_bytes("VmRSS") or 0
 
 
@@ -338,7 +354,8 @@ def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], No
     ms_per_image_step, image_steps_per_s, peak_memory_bytes (device memory on CUDA, process
     RSS on the CPU; None where unknown), gflop_per_step, tflops, speedup_vs_eager (wall time
     vs "eager-fp32" at the same shape and batch; None if that was not measured),
-    compile_seconds, and loss_finite (the loss after the timed steps is finite).
+    compile_seconds, loss_finite (the loss after the timed steps is finite), and
+    host_memory_retained (freed host memory was kept in the process; always False on CUDA).
     `on_result` is called with each dict as soon as its shape and batch size are measured.
     """
     device = options.resolved_device()
@@ -349,28 +366,30 @@ def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], No
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # static shapes: let cuDNN pick the fastest algorithms
     results: list[dict[str, object]] = []
-    for shape in options.shapes:
-        models = _build_models(SHAPES[shape], options.vgg_resolution, options.seed, device)
-        for batch in options.batch_sizes:
-            problem = _problem(models, batch, options.seed)
-            baseline: float | None = None
-            profile_dir = None if options.profile_dir is None else options.profile_dir / f"{shape}-batch{batch}"
-            for measured in _measure_modes(problem, modes, options.steps, device, profile_dir):
-                result: dict[str, object] = {
-                    "shape": shape,
-                    "batch": batch,
-                    "device": device.type,
-                    "threads": None if device.type == "cuda" else torch.get_num_threads(),
-                    "steps": options.steps,
-                    "gflop_per_step": problem.flops / 1e9,
-                    **measured,
-                }
-                if measured["mode"] == BASELINE_MODE:
-                    baseline = float(result["ms_per_step"])  # type: ignore[arg-type]
-                result["speedup_vs_eager"] = None if baseline is None else baseline / float(result["ms_per_step"])  # type: ignore[arg-type]
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
+    with retained_host_memory(enabled=options.retain_host_memory and device.type == "cpu") as retained:
+        for shape in options.shapes:
+            models = _build_models(SHAPES[shape], options.vgg_resolution, options.seed, device)
+            for batch in options.batch_sizes:
+                problem = _problem(models, batch, options.seed)
+                baseline: float | None = None
+                profile_dir = None if options.profile_dir is None else options.profile_dir / f"{shape}-batch{batch}"
+                for measured in _measure_modes(problem, modes, options.steps, device, profile_dir):
+                    result: dict[str, object] = {
+                        "shape": shape,
+                        "batch": batch,
+                        "device": device.type,
+                        "threads": None if device.type == "cuda" else torch.get_num_threads(),
+                        "steps": options.steps,
+                        "gflop_per_step": problem.flops / 1e9,
+                        **measured,
+                        "host_memory_retained": retained,
+                    }
+                    if measured["mode"] == BASELINE_MODE:
+                        baseline = float(result["ms_per_step"])  # type: ignore[arg-type]
+                    result["speedup_vs_eager"] = None if baseline is None else baseline / float(result["ms_per_step"])  # type: ignore[arg-type]
+                    results.append(result)
+                    if on_result is not None:
+                        on_result(result)
     return results
 
 
@@ -380,7 +399,8 @@ def _fmt(value: object, spec: str) -> str:
 
 def render_table(results: list[dict[str, object]]) -> Table:
     """A rich table of `run_bench` results, one row per shape / batch / mode."""
-    table = Table(title="L-BRGM step")
+    retained = any(r.get("host_memory_retained") for r in results)
+    table = Table(title="L-BRGM step", caption="freed host memory kept in the process (every mode)" if retained else None)
     for name in ("shape", "batch", "mode", "ms/step", "image-steps/s", "peak memory", "TFLOP/s", "vs eager", "compile s"):
         table.add_column(name, justify="left" if name in ("shape", "mode") else "right")
     for r in results:

@@ -6,6 +6,7 @@ graphs are found in Inductor's on-disk cache when both run."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,9 @@ from reference import nvidia_config
 KEYS = {
     "shape", "batch", "mode", "device", "threads", "steps", "gflop_per_step", "ms_per_step",
     "cpu_ms_per_step", "ms_per_image_step", "image_steps_per_s", "peak_memory_bytes", "tflops",
-    "compile_seconds", "loss_finite", "speedup_vs_eager",
+    "compile_seconds", "loss_finite", "speedup_vs_eager", "host_memory_retained",
 }
+GLIBC = platform.libc_ver()[0] == "glibc"
 
 
 def check_result(r: dict, mode: str) -> None:
@@ -40,10 +42,14 @@ def check_result(r: dict, mode: str) -> None:
 
 def test_eager_bench_results_are_well_formed(tmp_path: Path) -> None:
     seen = []
-    options = BenchOptions(shapes=("tiny32",), modes=("eager-fp32",), batch_sizes=(2,), steps=2, device="cpu", vgg_resolution=32, profile_dir=tmp_path)
+    options = BenchOptions(
+        shapes=("tiny32",), modes=("eager-fp32",), batch_sizes=(2,), steps=2, device="cpu", vgg_resolution=32, profile_dir=tmp_path,
+        retain_host_memory=True,
+    )
     results = run_bench(options, on_result=seen.append)
     assert seen == results and len(results) == 1
     check_result(results[0], "eager-fp32")
+    assert results[0]["host_memory_retained"] is GLIBC  # the setting itself: test_host_memory.py
     assert results[0]["speedup_vs_eager"] == 1.0 and results[0]["compile_seconds"] == 0.0
     json.loads(json.dumps(results))  # one JSON document, as `bench --json` prints
     # The profile: PROFILE_STEPS steps of the measured mode, each under its own label.
@@ -63,6 +69,7 @@ def test_flop_count_matches_the_convolution_arithmetic() -> None:
     phi_forward = sum(2 * 9 * cin * cout * side * side for cin, cout, side in vgg)
     (result,) = run_bench(BenchOptions(shapes=("tiny32",), modes=("eager-fp32",), batch_sizes=(1,), steps=1, device="cpu", vgg_resolution=32))
     flops = result["gflop_per_step"] * 1e9
+    assert result["host_memory_retained"] is False  # the library leaves the allocator alone unless asked
     assert 2 * phi_forward < flops < 2 * phi_forward * 1.5
 
 

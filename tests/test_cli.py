@@ -65,6 +65,7 @@ def test_run_inpainting_end_to_end(weights: dict[str, str], face: Path, tmp_path
     report = json.loads((folder / "report.json").read_text())
     assert report["settings"]["method"] == "lbrgm" and report["settings"]["preset"] == "authors"
     assert report["early_stop"] == "oracle" and report["seed"] == 0
+    assert report["options"]["retain_host_memory"] is True  # the command line's default (runtime/host_memory.py)
     assert {"candidates", "optimise"} <= set(report["timings"]["seconds"])
     assert report["history"]["step"] == [0, 2, 4]
     latents = np.load(folder / "latents.npz")
@@ -85,10 +86,11 @@ def test_run_inpainting_end_to_end(weights: dict[str, str], face: Path, tmp_path
 def test_superres_factor_from_the_input_size(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
     low = tmp_path / "low.png"
     Image.open(face).resize((8, 8), Image.BICUBIC).save(low)
-    result = invoke(*base_run(weights, tmp_path / "out", str(low), "--task", "superres"))
+    result = invoke(*base_run(weights, tmp_path / "out", str(low), "--task", "superres", "--no-retain-host-memory"))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "low" / "report.json").read_text())
     assert "x4" in report["operator"]
+    assert report["options"]["retain_host_memory"] is False
     mismatch = invoke(*base_run(weights, tmp_path / "out2", str(low), "--task", "superres", "--factor", "2"))
     assert mismatch.exit_code == 2 and "--factor is 2" in mismatch.output
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lbrgm_fast import job
 from lbrgm_fast.job import Models, RunOptions, SilentReporter, run_job
 from lbrgm_fast.perceptual import VGG16Features
 
@@ -57,6 +58,22 @@ def test_interrupted_run_resumes_to_the_same_result(models: Models, image: Path,
     a, b = np.load(tmp_path / "ref" / "img" / "latents.npz"), np.load(folder / "latents.npz")
     assert np.allclose(a["w_plus"], b["w_plus"], atol=1e-6) and int(a["step"]) == int(b["step"])
     assert reference.metrics["best_step"] == resumed.metrics["best_step"]
+
+
+def test_keeping_host_memory_changes_nothing_but_speed(models: Models, image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    entered: list[bool] = []
+    real = job.retained_host_memory
+
+    def recording(enabled: bool = True):
+        entered.append(enabled)
+        return real(enabled)
+
+    monkeypatch.setattr(job, "retained_host_memory", recording)
+    run_job(options(image, tmp_path / "system", steps=4), models=models)
+    run_job(options(image, tmp_path / "kept", steps=4, retain_host_memory=True), models=models)
+    assert entered == [False, True]  # the library leaves the allocator alone unless asked
+    system, kept = (np.load(tmp_path / name / "img" / "latents.npz") for name in ("system", "kept"))
+    assert np.array_equal(system["w_plus"], kept["w_plus"]) and np.array_equal(system["z"], kept["z"])
 
 
 def test_existing_results_are_kept(models: Models, image: Path, tmp_path: Path) -> None:
