@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 SETTINGS = ("system", "retained")
+FLAGS = {"system": "--no-retain-host-memory", "retained": "--retain-host-memory"}
 MODES = ("eager-fp32", "compiled-fp32")
 
 
@@ -44,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_once(setting: str, args: argparse.Namespace, scratch: Path) -> list[dict]:
     out = scratch / f"{setting}.json"
     command = [
-        sys.executable, "bench/bench_loop.py", "--host-memory", setting, "--shapes", args.shapes,
+        sys.executable, "bench/bench_loop.py", FLAGS[setting], "--shapes", args.shapes,
         "--modes", ",".join(MODES), "--steps", str(args.steps), "--threads", str(args.threads), "--json", str(out),
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,7 +3,7 @@ compiled and mixed-precision steps, measured in the same run, and write a Markdo
 
     python bench/bench_loop.py [--out bench/results/loop.md] [--json PATH] [--device cpu|cuda]
         [--shapes ffhqlike64,ffhq256] [--modes eager-fp32,compiled-fp32] [--batch-sizes 1]
-        [--steps 5] [--threads N] [--fresh-cache] [--profile DIR] [--host-memory retained|system]
+        [--steps 5] [--threads N] [--fresh-cache] [--profile DIR] [--no-retain-host-memory]
 
 Run from the repository root (imports the installed lbrgm_fast, nothing from tests/). What it
 measures is `lbrgm_fast.bench.run_bench` (see its docstring): the real L-BRGM step on random
@@ -13,8 +13,8 @@ Threads (CPU): unless `--threads` is given, 1 when the 1-minute load average is 
 shared machine, where OpenMP threads spin-waiting on a busy core make torch many times slower),
 else every CPU. `--fresh-cache` compiles into an empty temporary Inductor cache, so the compile
 times are those of a first run; otherwise torch's on-disk cache may hold earlier compilations.
-`--host-memory system` leaves glibc's allocator settings as they are (as the research code
-runs); the default keeps freed host memory in the process, as `lbrgm-fast run` does on a CPU.
+`--no-retain-host-memory` leaves glibc's allocator settings as they are (as the research code
+runs); by default freed host memory stays in the process, as `lbrgm-fast run` does on a CPU.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fresh-cache", action="store_true", help="compile into an empty Inductor cache")
     parser.add_argument("--profile", type=Path, default=None, help="also profile a few steps of each measurement into DIR")
     parser.add_argument(
-        "--host-memory", choices=("retained", "system"), default="retained",
-        help="CPU: keep freed host memory in the process (lbrgm-fast's default) or leave glibc's settings",
+        "--retain-host-memory", action=argparse.BooleanOptionalAction, default=True,
+        help="CPU: keep freed host memory in the process, every mode (as `lbrgm-fast run`; default) or leave glibc's settings",
     )
     return parser.parse_args(argv)
 
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
         steps=args.steps,
         device=args.device,
         profile_dir=args.profile,
-        retain_host_memory=args.host_memory == "retained",
+        retain_host_memory=args.retain_host_memory,
     )
     load_start = os.getloadavg()
     started = time.time()

@@ -195,9 +195,6 @@ def _reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
-    # Memory freed earlier but kept by the allocator (retain_host_memory) must not count as
-    # this mode's: hand it back before the peak starts.
-    release_freed_host_memory()
     try:  # Linux: writing 5 to clear_refs resets the peak resident set size (VmHWM)
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -263,18 +260,20 @@ def _held_memory(device: torch.device) -> int:
     return _process_status_bytes("VmRSS") or 0
 
 
-def _prepare(problem: _Problem, mode: str, device: torch.device, held_by_others: int, first_compiled: bool) -> _PreparedMode:
+def _prepare(problem: _Problem, mode: str, device: torch.device, baseline_memory: int, first_compiled: bool) -> _PreparedMode:
     """Build a fresh optimiser and step for `mode` and warm it up (compiling / capturing).
 
-    The peak memory is that of the warm-up, less `held_by_others`: what the modes prepared
-    before this one still hold, so each mode's figure is what it would need on its own. Only
-    the first compiled mode starts Dynamo's cache afresh; the later ones keep the earlier
-    modes' compiled code, which would otherwise be compiled again inside the timed rounds.
+    The peak memory is that of the warm-up, less what the modes prepared before this one still
+    hold (memory held now beyond `baseline_memory`), so each mode's figure is what it would
+    need on its own. Only the first compiled mode starts Dynamo's cache afresh; the later ones
+    keep the earlier modes' compiled code, which would otherwise be compiled again inside the
+    timed rounds.
     """
     options = parse_mode(mode)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    held_by_others = _held_memory(device) - baseline_memory
     _reset_peak_memory(device)
     # Each mode its own networks, prepared as a run in that mode prepares them (weight layout),
     # so that one mode's preparation never changes another's timing, the baseline's least.
@@ -333,10 +332,10 @@ def _measure_modes(
     prepared: list[_PreparedMode] = []
     for mode in modes:
         first_compiled = parse_mode(mode).compile and not any(p.options.compile for p in prepared)
-        prepared.append(_prepare(problem, mode, device, _held_memory(device) - baseline_memory, first_compiled))
+        prepared.append(_prepare(problem, mode, device, baseline_memory, first_compiled))
     rounds, block = (CUDA_ROUNDS, steps) if device.type == "cuda" else (steps, 1)
     # One untimed round: preparing the later modes handed the earlier ones' freed memory back
-    # (`_held_memory`), and faulting it in again belongs to no timed round.
+    # (`_held_memory`), and faulting it in again belongs in no timed round.
     for p in prepared:
         _time_block(p.step, 1, device)
     for _ in range(rounds):
