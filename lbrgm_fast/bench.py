@@ -47,6 +47,7 @@ from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.reconstruct import Objective, generator_to_255
+from lbrgm_fast.runtime.devices import resolve_device
 from lbrgm_fast.runtime.host_memory import (
     release_freed_host_memory,
     retained_host_memory,
@@ -54,10 +55,10 @@ from lbrgm_fast.runtime.host_memory import (
 from lbrgm_fast.runtime.step import (
     PRECISIONS,
     StepOptions,
+    StepProfile,
     make_optimizer,
     make_step,
     prepare_networks,
-    profile_steps,
 )
 
 #: Benchmark model shapes. tiny32 and ffhqlike64 have the test fixtures' shapes; ffhq256 is
@@ -90,12 +91,12 @@ class BenchOptions:
         batch_sizes: Images per step.
         steps: Timed steps per shape, mode and batch size (after the warm-up steps); on CUDA
             each of the `CUDA_ROUNDS` rounds runs this many.
-        device: "cpu", "cuda", or None for CUDA when available.
+        device: "cpu", "cuda", or "auto" / None for CUDA when available.
         vgg_resolution: Side length φ resizes to (256 as in the method).
         seed: Seed of the random weights, observations and starting latents.
         profile_dir: Where to write a torch profiler trace of `PROFILE_STEPS` steady-state
             steps of every measurement, after its timing (one folder per shape, batch and
-            mode: trace.json and ops.txt, see `profile_steps`); None: no profiling.
+            mode: trace.json and ops.txt, see `StepProfile`); None: no profiling.
         retain_host_memory: CPU only: keep freed host memory in the process while measuring
             (see the module docstring); off by default in the library, on in the CLI.
     """
@@ -111,13 +112,7 @@ class BenchOptions:
     retain_host_memory: bool = False
 
     def resolved_device(self) -> torch.device:
-        if self.device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device not in ("cpu", "cuda"):
-            raise UserError(f"unknown device {self.device!r}; choose cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but torch sees no CUDA device")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
 
 def default_modes(device: torch.device) -> tuple[str, ...]:
@@ -145,7 +140,10 @@ def parse_mode(mode: str) -> StepOptions:
 def _check(options: BenchOptions, device: torch.device, modes: tuple[str, ...]) -> None:
     unknown = [s for s in options.shapes if s not in SHAPES]
     if unknown or not options.shapes:
-        raise UserError(f"unknown shape(s) {unknown}; choose from {', '.join(SHAPES)}")
+        given = f"unknown shape(s) {', '.join(unknown)}" if unknown else "no shape given"
+        raise UserError(f"{given}; choose from {', '.join(SHAPES)}")
+    if not modes:
+        raise UserError("no mode given; name one or more of {eager|compiled}-{fp32|bf16|fp16}[-graphs], e.g. eager-fp32,compiled-fp32")
     if not options.batch_sizes or min(options.batch_sizes) < 1 or options.steps < 1:
         raise UserError(f"--batch-sizes and --steps must be >= 1, got batch sizes {list(options.batch_sizes)} and {options.steps} steps")
     for mode in modes:
@@ -344,10 +342,13 @@ def _measure_modes(
     results = [_result(p, problem, device) for p in prepared]
     if profile_dir is not None:
         for p in prepared:
-            profiled = profile_steps(p.step, PROFILE_STEPS, profile_dir / p.mode)
-            for _ in range(PROFILE_STEPS):
-                profiled()
-            _sync(device)
+            profiled = StepProfile(p.step, PROFILE_STEPS, profile_dir / p.mode)
+            try:
+                for _ in range(PROFILE_STEPS):
+                    profiled()
+                _sync(device)
+            finally:
+                profiled.close()
     return results
 
 
@@ -364,7 +365,7 @@ def run_bench(options: BenchOptions, on_result: Callable[[dict[str, object]], No
     `on_result` is called with each dict as soon as its shape and batch size are measured.
     """
     device = options.resolved_device()
-    modes = options.modes or default_modes(device)
+    modes = default_modes(device) if options.modes is None else options.modes
     _check(options, device, modes)
     # The baseline first, so every later result can carry its speed-up.
     modes = tuple(sorted(modes, key=lambda m: m != BASELINE_MODE))

@@ -8,6 +8,7 @@ stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -117,16 +118,33 @@ class RichReporter:
         self._label = ""
 
 
+def _gib(n: object) -> str:
+    return f"{n / 2**30:.2f} GiB" if isinstance(n, int) else "–"
+
+
 def _summary_table(outcomes: list) -> Table:  # noqa: ANN001
+    """One row per input; the optimisation time is its batch's (compilation shown apart)."""
     table = Table(title="lbrgm-fast run")
-    for col in ("input", "status", "best step", "PSNR", "LPIPS", "folder / message"):
+    for col in ("input", "status", "best step", "PSNR", "LPIPS", "optimise s", "folder / message"):
         table.add_column(col)
+    peaks: dict[str, int] = {}
     for o in outcomes:
         m = o.metrics
         psnr = f"{m['psnr']:.2f}" if "psnr" in m else ""
         lp = f"{m['lpips_alex']:.4f}" if "lpips_alex" in m else ""
+        seconds = o.timings.get("seconds", {})
+        optimise = f"{seconds['optimise']:.1f}" if "optimise" in seconds else ""
+        if seconds.get("compile"):
+            optimise += f" (compile {seconds['compile']:.1f})"
+        for kind in ("host", "device"):
+            value = o.timings.get(f"peak_{kind}_memory_bytes")
+            if isinstance(value, int):
+                peaks[kind] = max(peaks.get(kind, 0), value)
         colour = {"done": "green", "failed": "red", "skipped": "yellow"}[o.status]
-        table.add_row(o.name, f"[{colour}]{o.status}[/]", str(m.get("best_step", "")), psnr, lp, o.message or str(o.folder))
+        table.add_row(o.name, f"[{colour}]{o.status}[/]", str(m.get("best_step", "")), psnr, lp, optimise, o.message or str(o.folder))
+    if peaks:
+        gpu = f", GPU {_gib(peaks['device'])}" if "device" in peaks else ""
+        table.caption = f"peak memory: host {_gib(peaks.get('host'))}{gpu}; every phase's time is in each report.json"
     return table
 
 
@@ -149,6 +167,7 @@ def run(
     candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the candidates and the held-out pixels.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images optimised together (same results as one by one).")] = 1,
+    restarts: Annotated[int, typer.Option(help="Independent runs of each image (seeds seed … seed+N-1), optimised together in one batch; the one the early-stopping score rates best is kept.")] = 1,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
     early_stop: Annotated[str, typer.Option(help="auto | oracle (LPIPS vs ground truth) | holdout (held-out pixels) | none.")] = "auto",
     log_every: Annotated[int, typer.Option(help="Steps between progress updates and best-iterate checks.")] = 10,
@@ -177,7 +196,7 @@ def run(
             inputs=inputs, out=out, checkpoint=checkpoint, engine=engine, task=task, mask=mask,  # type: ignore[arg-type]
             mask_preset=mask_preset, invert_mask=invert_mask, factor=factor, kernel=kernel, degrade=degrade,
             ground_truth=ground_truth, method=method, preset=preset, steps=steps, candidates=candidates, seed=seed,
-            batch_size=batch_size, device=device, early_stop=early_stop, log_every=log_every, frames=frames,
+            batch_size=batch_size, restarts=restarts, device=device, early_stop=early_stop, log_every=log_every, frames=frames,
             vgg16=vgg16, alexnet=alexnet, strict=strict, overwrite=overwrite, resume=resume,
             forward_backend=forward_backend, compile=compile_step, precision=precision, cuda_graphs=cuda_graphs,
             memory_budget=memory_budget, profile=profile, retain_host_memory=retain_host_memory,
@@ -282,7 +301,7 @@ def bench(
     modes: Annotated[Optional[str], typer.Option(help="Comma-separated {eager|compiled}-{fp32|bf16|fp16}[-graphs] (default per device).")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1",
     steps: Annotated[int, typer.Option(help="Timed steps per measurement.")] = 10,
-    device: Annotated[Optional[str], typer.Option(help="cpu | cuda (default: cuda when available).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda when available).")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
     profile: Annotated[Optional[Path], typer.Option(help="Also write a torch profiler trace of a few steps of each measurement under DIR/<shape>-batch<B>/<mode>/.", metavar="DIR")] = None,
     retain_host_memory: Annotated[bool, typer.Option(help=RETAIN_HOST_MEMORY_HELP + " Applies to every mode, the eager baseline too.")] = True,
@@ -311,7 +330,40 @@ def bench(
         stdout.print(render_table(results))
 
 
+#: torch warnings that say nothing about the user's run, by the logger that emits them: the CUDA
+#: build of torch on a machine without a GPU, and Dynamo skipping the profiler labels inside
+#: torch's own Adam while compiling the step.
+BENIGN_TORCH_WARNINGS = {
+    "torch.utils.cpp_extension": "No CUDA runtime is found",
+    "torch._dynamo.variables.ctx_manager": "Profiler record function",
+    "torch._dynamo.variables.torch": "Profiler function",
+}
+
+
+class _BenignWarning(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def silence_benign_torch_warnings() -> None:
+    """Drop `BENIGN_TORCH_WARNINGS` from the command's stderr; every other warning still shows."""
+    for name, prefix in BENIGN_TORCH_WARNINGS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _BenignWarning) for f in logger.filters):
+            logger.addFilter(_BenignWarning(prefix))
+
+
 def main() -> None:
+    from lbrgm_fast.runtime.step import configure_compile_cache
+
+    silence_benign_torch_warnings()
+    # Before anything asks Inductor for its folder: compiled steps are then cached in a per-user
+    # folder that outlives /tmp (torch's default), so later runs skip code generation.
+    configure_compile_cache()
     app()
 
 

@@ -26,7 +26,7 @@ from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 from lbrgm_fast.plots import plot_curves
 from lbrgm_fast.reconstruct import TERM_NAMES, Progress, ReconstructionResult, ReconstructionState, Reconstructor
-from lbrgm_fast.runtime import Profiler
+from lbrgm_fast.runtime import Profiler, resolve_device
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 from lbrgm_fast.runtime.host_memory import retained_host_memory
 from lbrgm_fast.runtime.step import auto_step_options
@@ -57,6 +57,7 @@ class RunOptions:
     candidates: int = 100
     seed: int = 0
     batch_size: int = 1
+    restarts: int = 1
     device: str = "auto"
     early_stop: str = "auto"
     log_every: int = 10
@@ -92,6 +93,8 @@ class InputOutcome:
     message: str = ""
     notes: list[str] = field(default_factory=list)
     metrics: dict[str, float | int | None] = field(default_factory=dict)
+    #: The seconds per phase of the batch this input ran in, and peak memory (report.json's).
+    timings: dict[str, object] = field(default_factory=dict)
 
 
 class Reporter(Protocol):
@@ -118,16 +121,6 @@ class SilentReporter:
 
     def batch_finished(self) -> None:
         pass
-
-
-def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to torch on this machine")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}; choose cpu, cuda or auto")
-    return torch.device(name)
 
 
 def versions() -> dict[str, str]:
@@ -252,6 +245,7 @@ def write_outputs(
         plot_curves(history["step"], curves, folder / "curves.png")
     metrics: dict[str, float | int | None] = {
         "best_step": result.best_step[index],
+        **({"restart": result.restart[index]} if options.restarts > 1 else {}),
         **{f"final_{k}": float(history[k][-1]) for k in TERM_NAMES if k in history and len(history[k])},
     }
     if prepared.ground_truth is not None:
@@ -265,6 +259,7 @@ def write_outputs(
             with torch.no_grad():
                 metrics["lpips_alex"] = float(lpips((restored[None] * 2 - 1).to(device), (gt[None] * 2 - 1).to(device))[0])
     prepared.outcome.metrics = metrics
+    prepared.outcome.timings = result.timings
     report = {
         "input": prepared.outcome.source,
         "status": "done" if result.stopped[index] is None else "stopped",
@@ -276,6 +271,7 @@ def write_outputs(
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
         "metrics": metrics,
         "timings": result.timings,
+        "restarts": {"count": options.restarts, "kept": result.restart[index], "scores": result.restart_scores[index]},
         "history": {k: np.asarray(v).tolist() for k, v in history.items()},
         "versions": versions(),
         **extra_report,
@@ -288,8 +284,9 @@ def write_outputs(
 # Resume support: one state file per input, sliced out of / stacked into the batch state.
 
 
-def _slice_state(state: ReconstructionState, i: int) -> dict:
-    pick = lambda t: None if t is None else t[i : i + 1].detach().cpu().clone()  # noqa: E731
+def _slice_state(state: ReconstructionState, rows: slice) -> dict:
+    """One input's rows of a batch state (its restarts, when there are several)."""
+    pick = lambda t: None if t is None else t[rows].detach().cpu().clone()  # noqa: E731
     optim = {
         "state": {k: {n: (v.cpu().clone() if v.ndim == 0 else pick(v)) for n, v in st.items()} for k, st in state.optimizer.get("state", {}).items()},
         "param_groups": state.optimizer.get("param_groups", []),
@@ -298,7 +295,7 @@ def _slice_state(state: ReconstructionState, i: int) -> dict:
         "step": state.step, "w_plus": pick(state.w_plus), "z": pick(state.z), "optimizer": optim,
         "best_w_plus": pick(state.best_w_plus), "best_z": pick(state.best_z), "best_score": pick(state.best_score),
         "best_step": pick(state.best_step), "alive": pick(state.alive), "history_steps": list(state.history_steps),
-        "history": [h[:, i : i + 1].detach().cpu().clone() for h in state.history],
+        "history": [h[:, rows].detach().cpu().clone() for h in state.history],
     }
 
 
@@ -411,7 +408,15 @@ def run_job(
         raise UserError("--degrade with --task superres needs --factor")
     if options.ground_truth and not Path(options.ground_truth).exists():
         raise UserError(f"--ground-truth {options.ground_truth}: no such file or folder")
-    device = choose_device(options.device)
+    for flag, value, least in (("--steps", options.steps, 0), ("--candidates", options.candidates, 1),
+                               ("--log-every", options.log_every, 1), ("--frames", options.frames, 0),
+                               ("--restarts", options.restarts, 1)):
+        if value < least:
+            raise UserError(f"{flag} must be >= {least}, got {value}")
+    for flag, folder in (("--out", options.out), ("--profile", options.profile)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise UserError(f"{flag} {folder} is a file; give a folder (it is made if missing)")
+    device = resolve_device(options.device)
     paths, problems = find_inputs(options.inputs)
     outcomes = [InputOutcome(name=name, source=name, status="failed", message=problem) for name, problem in problems]
     if not paths:
@@ -424,6 +429,12 @@ def run_job(
         device, steps=options.steps, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs,  # type: ignore[arg-type]
         memory_budget=options.memory_budget,
     )
+    if device.type == "cpu" and step_options.precision != "fp32":
+        reporter.note(f"--precision {step_options.precision} on the CPU: without native bf16/fp16 instructions "
+                      "(avx512_bf16, AMX) torch emulates them, many times slower than fp32 (the CPU default)")
+    if options.profile is not None and options.steps <= step_options.warmup_calls:
+        reporter.note(f"--profile records steps after the first {step_options.warmup_calls} (compilation); "
+                      f"a run of {options.steps} steps writes no trace")
     profiler = Profiler(device)
     with profiler.phase("load"):
         models = models or load_models(options, device, need_monitor, reporter)
@@ -450,6 +461,10 @@ def run_job(
                 item = prepare_input(path, options, resolution, outcome, mask)
                 if options.resume:
                     item.saved_state = _load_state(outcome.folder / STATE_FILE)
+                    saved_rows = None if item.saved_state is None else item.saved_state["w_plus"].shape[0]
+                    if saved_rows not in (None, options.restarts):
+                        raise UserError(f"{outcome.folder} was interrupted with --restarts {saved_rows}; "
+                                        "resume it with the same --restarts (or use --overwrite)")
                 prepared.append(item)
         except UserError as exc:
             outcome.status, outcome.message = "failed", str(exc)
@@ -505,12 +520,14 @@ def _run_batch(
         resume = _stack_states([p.saved_state for p in batch])  # type: ignore[misc]
         reporter.note(f"resuming {', '.join(p.outcome.name for p in batch)} at step {resume.step}")
 
+    restarts = options.restarts  # the run's rows: input i's restarts are rows i*R ... i*R + R-1
+
     def save_states(state: ReconstructionState) -> None:
         for i, f in enumerate(folders):
-            part = _slice_state(state, i)
+            part = _slice_state(state, slice(i * restarts, (i + 1) * restarts))
             atomic_write(f / STATE_FILE, lambda fh, part=part: torch.save(part, fh))  # type: ignore[operator]
 
-    frames: list[list[torch.Tensor]] = [[] for _ in batch]
+    frames: list[list[torch.Tensor]] = [[] for _ in range(len(batch) * restarts)]
 
     def on_progress(progress: Progress) -> None:
         reporter.progress(progress)
@@ -524,7 +541,7 @@ def _run_batch(
     started = time.perf_counter()
     try:
         result = rec.run(
-            observation, operator, ground_truth=ground_truth, seed=options.seed, resume=resume,
+            observation, operator, ground_truth=ground_truth, seed=options.seed, restarts=restarts, resume=resume,
             on_progress=on_progress, on_checkpoint=save_states, checkpoint_every=options.checkpoint_every,
         )
     except UserError as exc:
@@ -534,7 +551,8 @@ def _run_batch(
     except torch.OutOfMemoryError:
         for p in batch:
             p.outcome.status = "failed"
-            p.outcome.message = f"out of memory with --batch-size {options.batch_size}; try a smaller batch size"
+            rows = f"--batch-size {options.batch_size}" + (f" x --restarts {restarts}" if restarts > 1 else "")
+            p.outcome.message = f"out of memory with {rows}; try a smaller batch size"
         return
     finally:
         reporter.batch_finished()
@@ -545,12 +563,15 @@ def _run_batch(
         "step": dataclasses.asdict(rec.step_options),
         "forward_engine": models.engine_report or {"choice": "torch (the model itself)"},
         "batch_seconds": round(time.perf_counter() - started, 3),
+        # Once per job, before the first batch: not part of any batch's timings.
+        "model_load_seconds": round(profiler.seconds.get("load", 0.0), 3),
     }
     with profiler.phase("io"):
         for i, p in enumerate(batch):
             write_outputs(p, i, result, operator, options, settings, extra, models.monitor)
-            if frames[i]:
-                _write_frames(p.outcome.folder, frames[i])  # type: ignore[arg-type]
+            kept_frames = frames[i * restarts + result.restart[i]]  # the kept restart's
+            if kept_frames:
+                _write_frames(p.outcome.folder, kept_frames)  # type: ignore[arg-type]
             if result.stopped[i]:
                 p.outcome.status, p.outcome.message = "failed", result.stopped[i]  # type: ignore[assignment]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -31,11 +31,11 @@ from lbrgm_fast.runtime import Profiler
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 from lbrgm_fast.runtime.step import (
     StepOptions,
+    StepProfile,
     load_optimizer_state,
     make_optimizer,
     make_step,
     prepare_networks,
-    profile_steps,
     refill_latents,
 )
 
@@ -210,7 +210,13 @@ class ReconstructionResult:
         stopped: Per sample, None or why optimisation stopped early (e.g. non-finite loss).
         early_stop: The early-stopping rule actually used.
         initial_z: The best of the N1 candidates (None when starting at w_avg).
-        timings: Per-phase seconds and peak memory (from the runtime's profiler).
+        timings: This run's seconds per phase (setup, candidates, optimise: which includes
+            compile and monitor, finalise) and the process's peak memory so far (from the
+            runtime's profiler; see `Profiler.report`).
+        restart: Per sample, which of its restarts was kept (0 without restarts).
+        restart_scores: Per sample, every restart's score at its kept iterate (lower is
+            better; see `Reconstructor.run`'s `restarts`; inf for a restart that never had a
+            finite loss).
     """
 
     images: torch.Tensor
@@ -222,6 +228,29 @@ class ReconstructionResult:
     early_stop: str
     initial_z: torch.Tensor | None
     timings: dict[str, object]
+    restart: list[int] = field(default_factory=list)
+    restart_scores: list[list[float]] = field(default_factory=list)
+
+
+def _keep_best_restarts(result: ReconstructionResult, scores: np.ndarray, restarts: int) -> ReconstructionResult:
+    """Per sample, the rows of `result` (B·R, row b·R + r) of the restart with the lowest score."""
+    scores = np.where(np.isfinite(scores), scores, np.inf).reshape(-1, restarts)
+    chosen = scores.argmin(axis=1)
+    rows = np.arange(len(chosen)) * restarts + chosen
+    index = torch.as_tensor(rows)
+    pick = lambda t: None if t is None else t[index]  # noqa: E731
+    return replace(
+        result,
+        images=result.images[index],
+        w_plus=result.w_plus[index],
+        z=pick(result.z),
+        best_step=[result.best_step[r] for r in rows],
+        history={k: v if k == "step" else v[:, rows] for k, v in result.history.items()},
+        stopped=[result.stopped[r] for r in rows],
+        initial_z=pick(result.initial_z),
+        restart=chosen.tolist(),
+        restart_scores=scores.tolist(),
+    )
 
 
 @dataclass
@@ -274,10 +303,13 @@ class Reconstructor:
             `dataclasses.replace(method_settings("lbrgm"), perceptual_weight=0)`).
         step_options: How the optimisation step runs (compiled, precision, CUDA graphs);
             default eager float32, the research code's numerics.
-        profile_dir: Write a torch profiler trace of a few steady-state steps there.
+        profile_dir: Write a torch profiler trace of `PROFILED_STEPS` steady-state steps of the
+            first run that reaches them there (trace.json, ops.txt; see `StepProfile`); later
+            runs do not overwrite it.
         engine: Runs the forward-only phases (candidate scoring, LPIPS monitoring); by default
             the torch modules themselves (`TorchEngine`).
-        profiler: Where phase timings go (a new one if None).
+        profiler: Where phase timings go (a new one if None); a shared one (a job's) keeps
+            accumulating, while each result reports its own run's time.
     """
 
     def __init__(
@@ -299,8 +331,10 @@ class Reconstructor:
         engine: ForwardEngine | None = None,
         profiler: Profiler | None = None,
     ) -> None:
-        if steps < 0 or candidates < 1 or candidate_batch < 1 or log_every < 1:
-            raise UserError("steps must be >= 0 and candidates, candidate_batch, log_every >= 1")
+        for name, value, least in (("steps", steps, 0), ("candidates", candidates, 1),
+                                   ("candidate_batch", candidate_batch, 1), ("log_every", log_every, 1)):
+            if value < least:
+                raise UserError(f"{name} must be >= {least}, got {value}")
         if early_stop not in ("auto", "oracle", "holdout", "none"):
             raise UserError(f"unknown early-stopping rule {early_stop!r}; choose auto, oracle, holdout or none")
         if not 0.0 < holdout_fraction < 0.5:
@@ -323,6 +357,7 @@ class Reconstructor:
         self.step_options.check(self.device)
         prepare_networks([generator, perceptual], self.step_options, self.device)
         self.profile_dir = None if profile_dir is None else Path(profile_dir)
+        self._profiled = False
         self._gaussian_prior: GaussianPrior | None = None
         self._latents: _LoopLatents | None = None
         self.engine: ForwardEngine = engine or TorchEngine(generator, perceptual, monitor)
@@ -391,6 +426,7 @@ class Reconstructor:
         operator: Operator,
         ground_truth: torch.Tensor | None = None,
         seed: int | Sequence[int] = 0,
+        restarts: int = 1,
         resume: ReconstructionState | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         on_checkpoint: Callable[[ReconstructionState], None] | None = None,
@@ -405,6 +441,13 @@ class Reconstructor:
             ground_truth: Clean images [B, 3, H, W] in [0, 1] for the oracle early-stopping rule.
             seed: One seed for every sample, or one per sample; fixes the candidate draws and
                 the holdout mask, so a run is reproducible (and batching doesn't change it).
+            restarts: R independent optimisations of every observation, run together as one
+                batch of B·R rows (row b·R + r): restart r of a sample with seed s starts from
+                the best candidate of the draws of seed s + r, and all R share seed s's holdout
+                mask, so their scores compare. Per observation, the result keeps the restart
+                whose kept iterate scores best by the early-stopping rule (LPIPS vs the ground
+                truth, or the holdout error; with rule "none", the lowest objective J).
+                `resume`, progress and checkpoint states hold all B·R rows.
             resume: A state saved through `on_checkpoint` to continue from.
             on_progress: Called every `log_every` steps.
             on_checkpoint: Called with the state every `checkpoint_every` steps (0: never); the
@@ -417,15 +460,26 @@ class Reconstructor:
         check_observation(operator, observation, res)
         if ground_truth is not None and tuple(ground_truth.shape) != (observation.shape[0], 3, res, res):
             raise UserError(f"ground truth must be [{observation.shape[0]}, 3, {res}, {res}], got {tuple(ground_truth.shape)}")
+        if restarts < 1:
+            raise UserError(f"restarts must be >= 1, got {restarts}")
+        seeds = _seed_list(seed, observation.shape[0])
+        if restarts > 1:
+            observation = observation.repeat_interleave(restarts, dim=0)
+            ground_truth = None if ground_truth is None else ground_truth.repeat_interleave(restarts, dim=0)
+        candidate_seeds = [s + r for s in seeds for r in range(restarts)]
+        holdout_seeds = [s for s in seeds for _ in range(restarts)]
         batch = observation.shape[0]
-        seeds = _seed_list(seed, batch)
+        if resume is not None and resume.w_plus.shape[0] != batch:
+            raise UserError(f"the saved state holds {resume.w_plus.shape[0]} rows; this run has {batch} "
+                            f"({batch // restarts} observations x {restarts} restarts)")
         settings = self.settings_for(operator)
         rule = self._resolve_early_stop(ground_truth)
         operator = operator.to(self.device)
         y = to_255(observation).to(self.device)
         gt = None if ground_truth is None else ground_truth.to(self.device).float() * 2 - 1
-        holdout = self._holdout_mask(operator, y.shape, seeds) if rule == "holdout" else None
+        holdout = self._holdout_mask(operator, y.shape, holdout_seeds) if rule == "holdout" else None
         prof = self.profiler
+        started = prof.snapshot()
 
         with prof.phase("setup"):
             if (settings.gaussian_weight or settings.start == "w-avg") and self._gaussian_prior is None:
@@ -442,7 +496,7 @@ class Reconstructor:
                 z = None
             else:
                 with prof.phase("candidates"):
-                    initial_z = self.best_candidates(objective, seeds)
+                    initial_z = self.best_candidates(objective, candidate_seeds)
                 with torch.no_grad():
                     w_plus = G.mapping(initial_z).clone()
                 z = initial_z.clone() if settings.optimize_z else None
@@ -484,7 +538,7 @@ class Reconstructor:
             if rule != "none":
                 history["score"] = stacked[:, len(TERM_NAMES)]
         alive = state.alive.cpu().tolist()
-        return ReconstructionResult(
+        result = ReconstructionResult(
             images=images.cpu(),
             w_plus=state.best_w_plus.detach().cpu(),
             z=None if state.best_z is None else state.best_z.detach().cpu(),
@@ -493,8 +547,14 @@ class Reconstructor:
             stopped=[None if a else "the loss became NaN or infinite; kept the best iterate before it" for a in alive],
             early_stop=rule,
             initial_z=None if initial_z is None else initial_z.cpu(),
-            timings=prof.report(),
+            timings=prof.report(since=started),
         )
+        scores = state.best_score.cpu().double().numpy()
+        if rule == "none" and "total" in history:
+            # No score: compare the objective at each row's kept iterate.
+            at = np.searchsorted(history["step"], result.best_step)
+            scores = history["total"][at, np.arange(batch)].astype(np.float64)
+        return _keep_best_restarts(result, scores, restarts)
 
     def _loop_latents(
         self,
@@ -545,29 +605,36 @@ class Reconstructor:
         checkpoint_every: int,
     ) -> None:
         step_fn = make_step(objective, optimizer, w_plus, z, self.step_options, self.profiler, fresh=fresh)
-        if self.profile_dir is not None:
-            step_fn = profile_steps(step_fn, PROFILED_STEPS, self.profile_dir, skip=self.step_options.warmup_calls)
-        for step in range(state.step, self.steps + 1):
-            if step == self.steps:
-                # The final iterate is only evaluated: there is no update after it.
-                with torch.no_grad():
-                    terms, images = objective(w_plus, z)
-                w_now, z_now = w_plus.detach(), None if z is None else z.detach()
-            else:
-                terms, images, w_now, z_now = step_fn()
-            state.alive = state.alive & torch.isfinite(terms[0])
-            if step == self.steps or step % self.log_every == 0:
-                self._log(state, step, terms, images, w_now, z_now, rule, y, gt, holdout, objective, on_progress)
-                if not bool(state.alive.any()):
+        profile = None
+        if self.profile_dir is not None and not self._profiled:
+            profile = step_fn = StepProfile(step_fn, PROFILED_STEPS, self.profile_dir, skip=self.step_options.warmup_calls)
+        try:
+            for step in range(state.step, self.steps + 1):
+                if step == self.steps:
+                    # The final iterate is only evaluated: there is no update after it.
+                    with torch.no_grad():
+                        terms, images = objective(w_plus, z)
+                    w_now, z_now = w_plus.detach(), None if z is None else z.detach()
+                else:
+                    terms, images, w_now, z_now = step_fn()
+                state.alive = state.alive & torch.isfinite(terms[0])
+                if step == self.steps or step % self.log_every == 0:
+                    self._log(state, step, terms, images, w_now, z_now, rule, y, gt, holdout, objective, on_progress)
+                    if not bool(state.alive.any()):
+                        break
+                if step == self.steps:
                     break
-            if step == self.steps:
-                break
-            state.step = step + 1
-            if on_checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
-                # Copies: the caller may keep the state while the loop goes on updating in place.
-                state.w_plus, state.z = w_plus.detach().clone(), None if z is None else z.detach().clone()
-                state.optimizer = copy.deepcopy(optimizer.state_dict())
-                on_checkpoint(state)
+                state.step = step + 1
+                if on_checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
+                    # Copies: the caller may keep the state while the loop goes on updating in place.
+                    state.w_plus, state.z = w_plus.detach().clone(), None if z is None else z.detach().clone()
+                    state.optimizer = copy.deepcopy(optimizer.state_dict())
+                    on_checkpoint(state)
+        finally:
+            if profile is not None:
+                # However the loop ended: a run that ends or stops early keeps what it recorded.
+                profile.close()
+                self._profiled = profile.recorded > 0
 
     @torch.no_grad()
     def _log(

@@ -117,10 +117,94 @@ def test_one_bad_input_does_not_stop_the_others(weights: dict[str, str], face: P
         (["--mask-preset", "eyes", "--memory-budget", "1.5"], "memory budget must be in (0, 1]"),
         (["--task", "superres", "--degrade"], "--degrade with --task superres needs --factor"),
         (["--mask-preset", "eyes", "--ground-truth", "no/such/clean.png"], "no such file or folder"),
+        (["--mask-preset", "eyes", "--steps", "-1"], "--steps must be >= 0, got -1"),
+        (["--mask-preset", "eyes", "--log-every", "0"], "--log-every must be >= 1, got 0"),
+        (["--mask-preset", "eyes", "--candidates", "0"], "--candidates must be >= 1, got 0"),
     ],
 )
 def test_bad_options_are_one_line_exit_2(weights: dict[str, str], face: Path, tmp_path: Path, extra: list[str], message: str) -> None:
     result = invoke(*base_run(weights, tmp_path, str(face), *extra))
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_output_or_profile_folder_that_is_a_file(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for flag in ("--out", "--profile"):
+        out, extra = (afile, []) if flag == "--out" else (tmp_path / "out", ["--profile", str(afile)])
+        result = invoke(*base_run(weights, out, str(face), "--mask-preset", "eyes", *extra))
+        assert result.exit_code == 2 and f"{flag} {afile} is a file" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert afile.read_text() == "keep me"
+
+
+def test_profile_and_per_input_timings(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    second = tmp_path / "second.png"
+    second.write_bytes(face.read_bytes())
+    prof = tmp_path / "prof"
+    result = invoke(*base_run(weights, tmp_path / "out", str(face), str(second), "--mask-preset", "eyes", "--profile", prof, "--json"))
+    assert result.exit_code == 0, result.output
+    # 4 eager steps, fewer than the profiler's window of 5: what was recorded is written at the
+    # end (a profiler left running crashed the interpreter on exit).
+    assert (prof / "ops.txt").read_text().startswith("4 step(s) recorded")
+    assert (prof / "trace.json").is_file()
+    outcomes = json.loads(result.stdout)
+    assert [o["status"] for o in outcomes] == ["done", "done"]
+    for o in outcomes:
+        report = json.loads((Path(o["folder"]) / "report.json").read_text())
+        assert o["timings"] == report["timings"]
+        seconds = report["timings"]["seconds"]
+        # Each input's own batch (--batch-size 1), not the job so far: the phases fit in it.
+        top_level = sum(seconds.get(k, 0.0) for k in ("setup", "candidates", "optimise", "finalise"))
+        assert 0 < top_level <= report["batch_seconds"] + 1e-3, (seconds, report["batch_seconds"])
+        assert "load" not in seconds and report["model_load_seconds"] > 0
+        assert report["timings"]["peak_host_memory_bytes"] > 0
+
+
+def test_restarts_keep_one_result_per_input(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    result = invoke(*base_run(weights, tmp_path, str(face), "--mask-preset", "eyes", "--restarts", "2", "--frames", "2", "--json"))
+    assert result.exit_code == 0, result.output
+    (outcome,) = json.loads(result.stdout)
+    report = json.loads((tmp_path / "face" / "report.json").read_text())
+    assert report["restarts"]["count"] == 2 and outcome["metrics"]["restart"] == report["restarts"]["kept"]
+    assert len(report["history"]["total"]) == 3  # steps 0, 2, 4 of the kept restart only
+    assert sorted(p.name for p in (tmp_path / "face" / "frames").iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    bad = invoke(*base_run(weights, tmp_path / "x", str(face), "--mask-preset", "eyes", "--restarts", "0"))
+    assert bad.exit_code == 2 and "--restarts must be >= 1, got 0" in bad.output
+
+
+def test_summary_shows_optimise_time_and_peak_memory() -> None:
+    from rich.console import Console
+
+    from lbrgm_fast.cli import _summary_table
+    from lbrgm_fast.job import InputOutcome
+
+    done = InputOutcome(name="face", source="face.png", folder=Path("out/face"), metrics={"best_step": 40, "psnr": 21.5},
+                        timings={"seconds": {"optimise": 12.34, "compile": 5.0}, "peak_host_memory_bytes": 3 * 2**29, "peak_device_memory_bytes": None})
+    failed = InputOutcome(name="bad", source="bad.png", status="failed", message="not an image")
+    console = Console(record=True, width=200)
+    console.print(_summary_table([done, failed]))
+    text = console.export_text()
+    assert "12.3 (compile 5.0)" in text and "peak memory: host 1.50 GiB;" in text and "GPU" not in text
+    assert "not an image" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--shape", ""], "no shape given"),
+        (["--shape", "ffhq512"], "unknown shape(s) ffhq512"),
+        (["--modes", ""], "no mode given"),
+        (["--modes", "eager-fp64"], "unknown mode"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--batch-sizes", "a"], "--batch-sizes"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--modes", "eager-fp32-graphs", "--device", "cpu"], "CUDA graphs"),
+    ],
+)
+def test_bench_bad_options_are_one_line_exit_2(args: list[str], message: str) -> None:
+    result = invoke("bench", "--shape", "tiny32", *args)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
 
@@ -221,3 +305,17 @@ def test_build_then_run_with_the_engine_plan(weights: dict[str, str], face: Path
     assert np.allclose(np.load(tmp_path / "ckpt" / "face" / "latents.npz")["w_plus"], runs["torch"], atol=1e-4)
     refused = invoke(*base_run(weights, tmp_path / "x", str(face), "--mask-preset", "eyes", "--forward-backend", "onnxruntime"))
     assert refused.exit_code == 2 and "--engine" in refused.output
+
+
+def test_benign_torch_warnings_are_dropped_and_others_kept(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from lbrgm_fast.cli import BENIGN_TORCH_WARNINGS, silence_benign_torch_warnings
+
+    silence_benign_torch_warnings()
+    with caplog.at_level(logging.WARNING):
+        for name, prefix in BENIGN_TORCH_WARNINGS.items():
+            logging.getLogger(name).warning("%s, details", prefix)
+            logging.getLogger(name).warning("something else went wrong")
+    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"] * len(BENIGN_TORCH_WARNINGS)
+

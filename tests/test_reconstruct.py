@@ -211,6 +211,37 @@ def test_lbrgm_restores_the_missing_half_better_than_no_prior() -> None:
     assert psnr["lbrgm"] > psnr["none"] + 0.5, psnr
 
 
+def test_restarts_keep_the_best_scored_run_of_each_observation(tiny32: Generator) -> None:
+    """restarts=R optimises R copies of each observation in one batch. Restart r of seed s is
+    the run with seed s + r (its candidates; the oracle rule draws no holdout mask), and the
+    kept one is the restart with the lowest best score. Batched vs alone: the rounding of
+    `test_batched_equals_one_by_one`, hence its 1e-2 on the image and 1e-2 relative on scores."""
+    op = Inpainting.from_preset("mouth", 32)
+    truth = in_range_batch(tiny32, 2)
+    rec = Reconstructor(tiny32, None, settings=pixel_only("lbrgm"), steps=6, candidates=3, log_every=2, monitor=LpipsAlex.random(0))
+    result = rec.run(op(truth), op, ground_truth=truth, seed=[3, 10], restarts=3)
+    assert result.images.shape[0] == result.w_plus.shape[0] == result.history["total"].shape[1] == 2
+    for i, seed in enumerate([3, 10]):
+        alone = [rec.run(op(truth)[i : i + 1], op, ground_truth=truth[i : i + 1], seed=seed + r) for r in range(3)]
+        assert np.allclose(result.restart_scores[i], [a.history["score"][:, 0].min() for a in alone], rtol=1e-2)
+        assert result.restart[i] == int(np.argmin(result.restart_scores[i]))
+        kept = alone[result.restart[i]]
+        assert torch.equal(result.initial_z[i], kept.initial_z[0])
+        assert result.best_step[i] == kept.best_step[0]
+        assert (result.images[i] - kept.images[0]).abs().max() < 1e-2
+        assert np.allclose(result.history["total"][:, i], kept.history["total"][:, 0], rtol=1e-2)
+
+    # Without a score (rule "none"), the objective at the kept (last) iterate decides.
+    plain = Reconstructor(tiny32, None, settings=pixel_only("lbrgm"), steps=4, candidates=3, early_stop="none", log_every=2)
+    both = plain.run(op(truth[:1]), op, seed=0, restarts=2)
+    finals = [plain.run(op(truth[:1]), op, seed=r).history["total"][-1, 0] for r in range(2)]
+    assert np.allclose(both.restart_scores[0], finals, rtol=1e-2) and both.restart == [int(np.argmin(finals))]
+    single = plain.run(op(truth[:1]), op, seed=0)
+    assert single.restart == [0] and len(single.restart_scores[0]) == 1
+    with pytest.raises(UserError, match="restarts must be >= 1"):
+        plain.run(op(truth[:1]), op, restarts=0)
+
+
 def test_early_stopping_keeps_the_best_scored_iterate(tiny32: Generator) -> None:
     op = Inpainting.from_preset("eyes", 32)
     truth = in_range_batch(tiny32, 2)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -37,16 +38,16 @@ from lbrgm_fast.runtime import Profiler
 from lbrgm_fast.runtime.step import (
     FP16_LOSS_SCALE,
     StepOptions,
+    StepProfile,
     auto_step_options,
     load_optimizer_state,
     make_optimizer,
     make_step,
     prepare_networks,
-    profile_steps,
     refill_latents,
 )
 
-from reference import nvidia_generator
+from reference import NVIDIA_FIXTURES, nvidia_generator
 
 VGG_RES = 32  # φ's resolution in these tests (256 in the method): the same as test_bench's compiled run
 SETTINGS = method_settings("lbrgm")
@@ -109,9 +110,12 @@ def tiny_problem() -> tuple[Objective, torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_compiled_fp32_loop_matches_eager(tiny_problem) -> None:
-    terms, images, _ = run_loop(*tiny_problem, StepOptions(compile=True), steps=20)
-    ref_terms, ref_images, _ = run_loop(*tiny_problem, None, steps=20)
+@pytest.mark.parametrize("fixture", NVIDIA_FIXTURES)
+def test_compiled_fp32_loop_matches_eager(fixture: str, tiny_problem) -> None:
+    # Both fixture generators: tiny32 (32 px) and ffhqlike64 (64 px, the CPU benchmark's shape).
+    problem = tiny_problem if fixture == "tiny32" else make_objective(nvidia_generator(fixture), batch=2)
+    terms, images, _ = run_loop(*problem, StepOptions(compile=True), steps=20)
+    ref_terms, ref_images, _ = run_loop(*problem, None, steps=20)
     rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
     assert rel < 0.01, f"compiled loss differs by {rel:.2%}"
     assert psnr(images, ref_images).min() > 40
@@ -400,21 +404,51 @@ def test_warmup_calls_per_mode() -> None:
     assert StepOptions(compile=True, cuda_graphs=True).warmup_calls == 4
 
 
-def test_profile_steps_writes_a_trace_after_the_window(tmp_path) -> None:
+def toy_step() -> Callable[[], tuple]:
     w0, z0 = toy_latents()
     w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
-    step = make_step(ToyObjective(), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z)
-    profiled = profile_steps(step, 2, tmp_path / "prof", skip=1)
+    return make_step(ToyObjective(), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z)
+
+
+def test_step_profile_writes_a_trace_after_the_window(tmp_path) -> None:
+    profiled = StepProfile(toy_step(), 2, tmp_path / "prof", skip=1)
     profiled()
     profiled()
-    assert not (tmp_path / "prof").exists(), "wrote before the window ended"
+    assert not (tmp_path / "prof" / "trace.json").exists(), "wrote before the window ended"
     terms, *_ = profiled()
     assert terms.shape == (3, 2)
     trace = json.loads((tmp_path / "prof" / "trace.json").read_text())
     names = {e.get("name") for e in trace["traceEvents"]}
     assert "lbrgm_step" in names
-    assert "aten::" in (tmp_path / "prof" / "ops.txt").read_text()
+    ops = (tmp_path / "prof" / "ops.txt").read_text()
+    assert ops.startswith("2 step(s) recorded") and "aten::" in ops
     profiled()  # later calls just step
+    profiled.close()  # nothing under way: a no-op
+    assert profiled.recorded == 2 and not torch.autograd._profiler_enabled()
+
+
+def test_step_profile_closed_early_keeps_what_it_recorded(tmp_path) -> None:
+    # A run shorter than the window left the profiler running, and the interpreter crashed on
+    # exit (segfault, torch 2.14): close() stops it and writes the steps it has.
+    profiled = StepProfile(toy_step(), 5, tmp_path / "prof", skip=1)
+    for _ in range(3):
+        profiled()
+    assert torch.autograd._profiler_enabled()
+    profiled.close()
+    assert not torch.autograd._profiler_enabled()
+    assert (tmp_path / "prof" / "ops.txt").read_text().startswith("2 step(s) recorded")
+    assert "lbrgm_step" in {e.get("name") for e in json.loads((tmp_path / "prof" / "trace.json").read_text())["traceEvents"]}
+
+    unrecorded = StepProfile(toy_step(), 5, tmp_path / "none", skip=4)
+    unrecorded()
+    unrecorded.close()
+    assert unrecorded.recorded == 0 and not (tmp_path / "none" / "trace.json").exists()
+
+
+def test_step_profile_into_a_file_is_a_user_error(tmp_path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot write the profile into"):
+        StepProfile(toy_step(), 2, tmp_path / "file")
 
 
 # -- CUDA only (skipped without a GPU; bench/gpu_check.sh runs them on the lent machine) -------

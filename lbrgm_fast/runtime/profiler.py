@@ -1,8 +1,9 @@
 """Per-phase wall time and peak memory, recorded by the runtime itself.
 
-Phases nest freely and accumulate: entering "optimise" twice adds both durations. On CUDA the
-device is synchronised at phase boundaries (only there), so a phase's time includes the kernels
-it queued.
+Phases nest freely and accumulate: entering "optimise" twice adds both durations. A nested
+phase's time is also its parent's: the Reconstructor's "optimise" includes "compile" (the first
+calls of a compiled or captured step) and "monitor" (best-iterate checks). On CUDA the device is
+synchronised at phase boundaries (only there), so a phase's time includes the kernels it queued.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -44,11 +45,21 @@ class Profiler:
             self._sync()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def report(self) -> dict[str, object]:
-        """{"seconds": {phase: s}, "peak_host_memory_bytes": n, "peak_device_memory_bytes": n|None}."""
+    def snapshot(self) -> dict[str, float]:
+        """The seconds per phase so far, for `report(since=...)`."""
+        return dict(self.seconds)
+
+    def report(self, since: Mapping[str, float] | None = None) -> dict[str, object]:
+        """{"seconds": {phase: s}, "peak_host_memory_bytes": n, "peak_device_memory_bytes": n|None}.
+
+        `since`: an earlier `snapshot()`; only the time spent after it is reported (phases
+        that did not run since are left out). Peak memory is the process's (the device's)
+        peak so far either way.
+        """
+        seconds = {k: v - (since or {}).get(k, 0.0) for k, v in self.seconds.items()}
         device_peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return {
-            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "seconds": {k: round(v, 4) for k, v in seconds.items() if since is None or v > 0},
             "peak_host_memory_bytes": peak_host_memory_bytes(),
             "peak_device_memory_bytes": device_peak,
         }

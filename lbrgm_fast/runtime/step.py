@@ -28,8 +28,9 @@ How a step runs is chosen by `StepOptions`; `auto_step_options` picks per device
   `capturable` (`make_optimizer` does this).
 
 Compilation is cached on disk by torch (Inductor's FX-graph cache and AOTAutograd's cache, both
-on by default) under `$TORCHINDUCTOR_CACHE_DIR`; `configure_compile_cache` points that at a
-per-user folder that survives reboots unless the variable is already set. A second run of the
+on by default) under `$TORCHINDUCTOR_CACHE_DIR`; `configure_compile_cache` (called by the
+`lbrgm-fast` command and the bench scripts at start) points that at a per-user folder that
+survives reboots unless the variable is already set; a library caller can call it too. A second run of the
 same shapes then skips code generation; Dynamo's tracing (seconds to tens of seconds) is not
 cached by torch. Within a process, a step built over the same latents and Adam, refilled in place
 for the next batch (`refill_latents`, then `make_step(..., fresh=False)`), is not traced at all:
@@ -41,7 +42,7 @@ their time goes to the profiler's "compile" phase so it is reported apart from t
 Around `make_step`: `prepare_networks` stores the weights in the step's layout once,
 `make_optimizer` builds the Adam it needs, `load_optimizer_state` resumes one without losing its
 settings, `refill_latents` restarts one in place for the next batch (so that the compiled step is
-reused, not traced again), `profile_steps` records a torch profiler trace of a few steps.
+reused, not traced again), `StepProfile` records a torch profiler trace of a few steps.
 """
 
 from __future__ import annotations
@@ -435,7 +436,8 @@ def make_step(
             step, refilled in place with `refill_latents`, that code is reused rather than
             traced again; otherwise (a new optimiser, another objective structure) this step is
             traced on its first calls and kept alongside the earlier ones, up to torch's
-            recompile limit. The first calls are timed as compilation only when `fresh`.
+            recompile limit. The first `options.warmup_calls` calls are timed as
+            compilation when `fresh`; otherwise only a CUDA graph's warm-up and capture are.
     """
     options.check(w_plus.device)
     if options.cuda_graphs and not all(g.get("capturable", False) for g in optimizer.param_groups):
@@ -455,41 +457,73 @@ def make_step(
     return step
 
 
-def profile_steps(step_fn: Callable[[], StepOutput], n: int, out_dir: str | Path, skip: int = 0) -> Callable[[], StepOutput]:
-    """Wrap a step so that calls `skip` … `skip + n - 1` are recorded by the torch profiler.
+class StepProfile:
+    """A step whose calls `skip` … `skip + n - 1` are recorded by the torch profiler.
 
-    When the n-th recorded call returns, `out_dir/trace.json` (a Chrome / Perfetto trace) and
-    `out_dir/ops.txt` (the operators by self time, then by operator and input shapes) are
-    written. Pass `skip=options.warmup_calls` to record the steady state rather than
-    compilation. A run shorter than `skip + n` steps writes nothing.
+    Close it when the loop that calls it ends, however it ends::
+
+        step = StepProfile(step_fn, n, out_dir, skip=options.warmup_calls)
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            step.close()
+
+    `out_dir/trace.json` (a Chrome / Perfetto trace) and `out_dir/ops.txt` (the operators by
+    self time, then by operator and input shapes) are written when the n-th recorded call
+    returns, or by `close()` while a recording is under way: a run that ends or stops
+    early keeps the steps it recorded. (A profiler left running at interpreter exit crashed
+    the process in torch 2.14.) `recorded` counts the recorded calls; a run that ends within
+    the first `skip` calls records none and writes nothing. Pass `skip=options.warmup_calls`
+    to record the steady state rather than compilation.
+
+    Raises:
+        UserError: n < 1, skip < 0, or `out_dir` cannot be made a folder (checked here, before
+            any step runs).
     """
-    if n < 1 or skip < 0:
-        raise UserError(f"profile needs n >= 1 steps after skip >= 0, got n={n}, skip={skip}")
-    out = Path(out_dir)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    prof = torch.profiler.profile(activities=activities, record_shapes=True, profile_memory=True)
-    calls = 0
 
-    def step() -> StepOutput:
-        nonlocal calls
-        index, calls = calls, calls + 1
-        if not skip <= index < skip + n:
-            return step_fn()
-        if index == skip:
-            prof.start()
+    def __init__(self, step_fn: Callable[[], StepOutput], n: int, out_dir: str | Path, skip: int = 0) -> None:
+        if n < 1 or skip < 0:
+            raise UserError(f"profile needs n >= 1 steps after skip >= 0, got n={n}, skip={skip}")
+        self.out = Path(out_dir)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot write the profile into {self.out}: {error.strerror or error}") from error
+        self._step_fn, self._n, self._skip = step_fn, n, skip
+        self._activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            self._activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self._prof = torch.profiler.profile(activities=self._activities, record_shapes=True, profile_memory=True)
+        self._calls = 0
+        self._recording = False
+        self.recorded = 0
+
+    def __call__(self) -> StepOutput:
+        index, self._calls = self._calls, self._calls + 1
+        if not self._skip <= index < self._skip + self._n:
+            return self._step_fn()
+        if index == self._skip:
+            self._prof.start()
+            self._recording = True
         with torch.profiler.record_function("lbrgm_step"):
-            result = step_fn()
-        if index == skip + n - 1:
-            prof.stop()
-            out.mkdir(parents=True, exist_ok=True)
-            prof.export_chrome_trace(str(out / "trace.json"))
-            sort = "self_cuda_time_total" if len(activities) > 1 else "self_cpu_time_total"
-            by_op = prof.key_averages().table(sort_by=sort, row_limit=40)
-            # Operators by input shape as well: which layer a slow convolution belongs to.
-            by_shape = prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=30)
-            (out / "ops.txt").write_text(f"By operator:\n{by_op}\n\nBy operator and input shapes:\n{by_shape}\n")
+            result = self._step_fn()
+        self.recorded += 1
+        if index == self._skip + self._n - 1:
+            self.close()
         return result
 
-    return step
+    def close(self) -> None:
+        """Stop a recording under way and write what it holds; nothing otherwise."""
+        if not self._recording:
+            return
+        self._recording = False
+        self._prof.stop()
+        self._prof.export_chrome_trace(str(self.out / "trace.json"))
+        sort = "self_cuda_time_total" if len(self._activities) > 1 else "self_cpu_time_total"
+        by_op = self._prof.key_averages().table(sort_by=sort, row_limit=40)
+        # Operators by input shape as well: which layer a slow convolution belongs to.
+        by_shape = self._prof.key_averages(group_by_input_shape=True).table(sort_by=sort, row_limit=30)
+        (self.out / "ops.txt").write_text(
+            f"{self.recorded} step(s) recorded\n\nBy operator:\n{by_op}\n\nBy operator and input shapes:\n{by_shape}\n"
+        )
