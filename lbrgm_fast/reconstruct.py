@@ -4,8 +4,11 @@ Images at this API are float tensors [B, 3, H, W] in [0, 1]. Internally the data
 images in [0, 255], the scale at which the published λ values were calibrated
 (../shared/REFERENCE.md §1), and the generator works in its raw [-1, 1] scale.
 
-The loop never reads a value back to the host except every `log_every` steps, where it records
-the loss terms, tracks the best iterate for early stopping and reports progress.
+The loop never waits for the device: every `log_every` steps it records the loss terms and
+tracks the best iterate for early stopping on the device, and starts copying what progress
+reports (and whether any sample is still finite) to the host; it reads that copy one log later,
+when the device is long past it. So progress arrives one log interval late, and a batch whose
+every sample has stopped (non-finite loss) runs one interval more before the loop ends.
 """
 
 from __future__ import annotations
@@ -270,6 +273,34 @@ def _seed_list(seed: int | Sequence[int], batch: int) -> list[int]:
     if len(seeds) != batch:
         raise UserError(f"got {len(seeds)} seeds for {batch} observations")
     return seeds
+
+
+@dataclass
+class _LogRead:
+    """One log's values copied to the host without waiting for the device (`start`)."""
+
+    step: int
+    values: torch.Tensor  # [terms + 1, B]: TERM_NAMES, then the score
+    best_step: torch.Tensor  # [B]
+    alive: torch.Tensor  # [B]
+    images: torch.Tensor | None  # on the device, for `Progress.images`
+    copied: torch.cuda.Event | None  # CUDA: recorded after the copies
+
+    @classmethod
+    def start(cls, step: int, values: torch.Tensor, best_step: torch.Tensor, alive: torch.Tensor, images: torch.Tensor | None) -> _LogRead:
+        """On CUDA: non-blocking copies into pinned host memory, then an event; elsewhere the
+        values are on the host already (fresh tensors, which the loop replaces, never changes)."""
+        if values.device.type != "cuda":
+            return cls(step, values, best_step, alive, images, None)
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in (values, best_step, alive)]
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(step, *host, images, copied)
+
+    def wait(self) -> None:
+        """Until the copies have landed (long done when read one log later)."""
+        if self.copied is not None:
+            self.copied.synchronize()
 
 
 class Reconstructor:
@@ -608,6 +639,7 @@ class Reconstructor:
         profile = None
         if self.profile_dir is not None and not self._profiled:
             profile = step_fn = StepProfile(step_fn, PROFILED_STEPS, self.profile_dir, skip=self.step_options.warmup_calls)
+        pending: _LogRead | None = None  # the previous log's values, on their way to the host
         try:
             for step in range(state.step, self.steps + 1):
                 if step == self.steps:
@@ -619,9 +651,10 @@ class Reconstructor:
                     terms, images, w_now, z_now = step_fn()
                 state.alive = state.alive & torch.isfinite(terms[0])
                 if step == self.steps or step % self.log_every == 0:
-                    self._log(state, step, terms, images, w_now, z_now, rule, y, gt, holdout, objective, on_progress)
-                    if not bool(state.alive.any()):
-                        break
+                    logged = self._log(state, step, terms, images, w_now, z_now, rule, y, gt, holdout, objective, on_progress)
+                    previous, pending = pending, logged
+                    if previous is not None and not self._report(previous, rule, on_progress):
+                        break  # every sample had stopped by the previous log
                 if step == self.steps:
                     break
                 state.step = step + 1
@@ -630,6 +663,8 @@ class Reconstructor:
                     state.w_plus, state.z = w_plus.detach().clone(), None if z is None else z.detach().clone()
                     state.optimizer = copy.deepcopy(optimizer.state_dict())
                     on_checkpoint(state)
+            if pending is not None:
+                self._report(pending, rule, on_progress)
         finally:
             if profile is not None:
                 # However the loop ended: a run that ends or stops early keeps what it recorded.
@@ -651,9 +686,10 @@ class Reconstructor:
         holdout: torch.Tensor | None,
         objective: Objective,
         on_progress: Callable[[Progress], None] | None,
-    ) -> None:
-        """Record the loss terms and keep the best iterate (the one whose image was just made)."""
-        with self.profiler.phase("monitor"):
+    ) -> _LogRead:
+        """Record the loss terms and keep the best iterate (the one whose image was just made),
+        on the device; returns this log's values on their way to the host (`_report` reads them)."""
+        with self.profiler.phase("monitor", sync=False):
             if rule == "oracle":
                 assert gt is not None and self.monitor is not None
                 score = self.engine.lpips(images.float(), gt).float()
@@ -670,15 +706,22 @@ class Reconstructor:
                 state.best_z = torch.where(better[:, None], z.detach(), state.best_z)
             state.history_steps.append(step)
             state.history.append(torch.cat([terms, score[None]]).float())
+            # A copy: a CUDA-graph step overwrites its output images on the next replay.
+            shown = None if on_progress is None else images.detach().clone()
+            return _LogRead.start(step, state.history[-1], state.best_step, state.alive, shown)
+
+    def _report(self, read: _LogRead, rule: str, on_progress: Callable[[Progress], None] | None) -> bool:
+        """Hand a log's values to `on_progress`; returns whether any sample was still finite."""
+        read.wait()
         if on_progress is not None:
-            values = state.history[-1].cpu()
             on_progress(
                 Progress(
-                    step=step,
+                    step=read.step,
                     steps=self.steps,
-                    terms={name: values[i].tolist() for i, name in enumerate(TERM_NAMES)},
-                    score=None if rule == "none" else values[len(TERM_NAMES)].tolist(),
-                    best_step=state.best_step.cpu().tolist(),
-                    images=images,
+                    terms={name: read.values[i].tolist() for i, name in enumerate(TERM_NAMES)},
+                    score=None if rule == "none" else read.values[len(TERM_NAMES)].tolist(),
+                    best_step=read.best_step.tolist(),
+                    images=read.images,
                 )
             )
+        return bool(read.alive.any())

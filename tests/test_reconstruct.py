@@ -273,6 +273,31 @@ def test_non_finite_loss_stops_only_that_image(tiny32: Generator) -> None:
     assert torch.allclose(result.w_plus[0], alone.w_plus[0], atol=1e-5)
 
 
+def test_progress_reports_every_log_in_order_with_the_recorded_values(tiny32: Generator) -> None:
+    # Values reach the host one log late (the loop never waits for the device); every log is
+    # still reported, in order, the last one after the loop.
+    op = Inpainting.from_preset("bar", 32)
+    y = op(in_range_batch(tiny32, 2))
+    seen: list = []
+    rec = Reconstructor(tiny32, None, settings=pixel_only("lbrgm"), steps=6, candidates=2, log_every=2)
+    result = rec.run(y, op, seed=0, on_progress=seen.append)
+    assert [p.step for p in seen] == [0, 2, 4, 6] == result.history["step"].tolist()
+    for t, p in enumerate(seen):
+        assert np.allclose(p.terms["total"], result.history["total"][t]) and np.allclose(p.score, result.history["score"][t])
+        assert p.images.shape == (2, 3, 32, 32)
+    assert seen[-1].best_step == result.best_step
+
+
+def test_a_batch_whose_every_sample_stopped_ends_one_log_later(tiny32: Generator) -> None:
+    op = Inpainting.from_preset("bar", 32)
+    y = op(in_range_batch(tiny32, 2))
+    y[:, 0, 0, 0] = float("nan")
+    rec = Reconstructor(tiny32, None, settings=pixel_only("lbrgm"), steps=10, candidates=2, early_stop="none", log_every=2)
+    result = rec.run(y, op, seed=0)
+    assert result.history["step"].tolist() == [0, 2]  # not to step 10
+    assert all("NaN" in message for message in result.stopped)
+
+
 def test_resume_continues_exactly(tiny32: Generator) -> None:
     op = Inpainting.from_preset("top-right", 32)
     y = op(in_range_batch(tiny32, 1))

@@ -22,6 +22,7 @@ import copy
 import json
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ from lbrgm_fast.methods import method_settings
 from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
-from lbrgm_fast.reconstruct import Objective, generator_to_255
+from lbrgm_fast.reconstruct import Objective, Reconstructor, generator_to_255
 from lbrgm_fast.runtime import Profiler
 from lbrgm_fast.runtime.step import (
     FP16_LOSS_SCALE,
@@ -519,6 +520,26 @@ def test_cuda_steps_never_synchronise(options: StepOptions) -> None:
             step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda
+def test_cuda_reconstructor_progress_comes_from_asynchronous_reads() -> None:
+    # On CUDA the loop copies each log's values to pinned host memory and reads them one log
+    # later; with CUDA graphs the step's output images are overwritten on every replay, so the
+    # images a progress report carries must be that log's own copy.
+    G = nvidia_generator("tiny32").cuda()
+    op = Inpainting.from_preset("bar", G.img_resolution)
+    with torch.no_grad():
+        y = op(((G(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(1)).cuda()) + 1) / 2).clamp(0, 1).cpu())
+    rec = Reconstructor(G, VGG16Features.random(0, VGG_RES).cuda(), steps=12, candidates=3, log_every=3,
+                        early_stop="holdout", step_options=StepOptions(cuda_graphs=True))
+    seen: list = []
+    result = rec.run(y, op, seed=0, on_progress=seen.append)
+    assert [p.step for p in seen] == result.history["step"].tolist() == [0, 3, 6, 9, 12]
+    for t, p in enumerate(seen):
+        assert np.allclose(p.terms["total"], result.history["total"][t]) and np.allclose(p.score, result.history["score"][t])
+    assert not torch.equal(seen[1].images, seen[2].images)
+    assert result.timings["seconds"]["monitor"] > 0  # event-timed inside the loop
 
 
 @cuda

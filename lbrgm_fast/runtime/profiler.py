@@ -3,7 +3,9 @@
 Phases nest freely and accumulate: entering "optimise" twice adds both durations. A nested
 phase's time is also its parent's: the Reconstructor's "optimise" includes "compile" (the first
 calls of a compiled or captured step) and "monitor" (best-iterate checks). On CUDA the device is
-synchronised at phase boundaries (only there), so a phase's time includes the kernels it queued.
+synchronised at phase boundaries (only there), so a phase's time includes the kernels it queued;
+a phase inside the optimisation loop, which must not wait for the device, is timed with CUDA
+events instead (`phase(name, sync=False)`) and read back by the next `snapshot()` / `report()`.
 """
 
 from __future__ import annotations
@@ -29,14 +31,28 @@ class Profiler:
     """Accumulates seconds per named phase; `report()` adds peak host and device memory."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: Seconds per phase; event-timed phases join it at the next `snapshot()` / `report()`.
     seconds: dict[str, float] = field(default_factory=dict)
+    _unread: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list, repr=False)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str, sync: bool = True) -> Iterator[None]:
+        """Time the block as phase `name`. `sync=False`, on CUDA: no synchronisation; the
+        phase's device time is measured between two CUDA events on the current stream. On the
+        CPU both are the block's wall time."""
+        if not sync and self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._unread.append((name, start, end))
+            return
         self._sync()
         start = time.perf_counter()
         try:
@@ -45,8 +61,15 @@ class Profiler:
             self._sync()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
+    def _read_events(self) -> None:
+        for name, start, end in self._unread:
+            end.synchronize()
+            self.seconds[name] = self.seconds.get(name, 0.0) + start.elapsed_time(end) / 1000
+        self._unread.clear()
+
     def snapshot(self) -> dict[str, float]:
         """The seconds per phase so far, for `report(since=...)`."""
+        self._read_events()
         return dict(self.seconds)
 
     def report(self, since: Mapping[str, float] | None = None) -> dict[str, object]:
@@ -56,6 +79,7 @@ class Profiler:
         that did not run since are left out). Peak memory is the process's (the device's)
         peak so far either way.
         """
+        self._read_events()
         seconds = {k: v - (since or {}).get(k, 0.0) for k, v in self.seconds.items()}
         device_peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
         return {
