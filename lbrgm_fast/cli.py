@@ -189,6 +189,7 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Restore images with L-BRGM (or BRGM, or no prior)."""
+    from lbrgm_fast.io import finite_json
     from lbrgm_fast.job import RunOptions, run_job
 
     with user_errors():
@@ -208,7 +209,7 @@ def run(
         for n in o.notes:
             stderr.print(f"[cyan]note:[/] {o.name}: {n}", highlight=False)
     if json_out:
-        print(json.dumps([{**asdict(o), "folder": str(o.folder) if o.folder else None} for o in outcomes], indent=2))
+        print(json.dumps(finite_json([{**asdict(o), "folder": str(o.folder) if o.folder else None} for o in outcomes]), indent=2))
     elif not quiet:
         stderr.print(_summary_table(outcomes))
     if any(o.status == "failed" for o in outcomes):

@@ -8,6 +8,7 @@ half-written PNG or report behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -40,8 +41,22 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def finite_json(data: Any) -> Any:
+    """`data` with NaN and ±inf (a stopped sample's loss, a restart that never had a finite
+    one) replaced by None, so that it serialises as strict JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2, default=str) + "\n").encode()))
+    """Strict JSON (non-finite numbers written as null, which every parser reads)."""
+    text = json.dumps(finite_json(data), indent=2, default=str, allow_nan=False)
+    atomic_write(path, lambda f: f.write((text + "\n").encode()))
 
 
 def save_image(path: Path, image: torch.Tensor) -> None:

@@ -494,7 +494,8 @@ def run_job(
                         early_stop=options.early_stop,  # type: ignore[arg-type]
                         monitor=models.monitor if has_gt else None,
                         step_options=step_options,
-                        profile_dir=options.profile,
+                        # One trace per job: the first batch's (a second kind would overwrite it).
+                        profile_dir=options.profile if not reconstructors else None,
                         engine=models.engine,
                         profiler=profiler,
                     )

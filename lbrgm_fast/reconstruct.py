@@ -334,9 +334,9 @@ class Reconstructor:
             `dataclasses.replace(method_settings("lbrgm"), perceptual_weight=0)`).
         step_options: How the optimisation step runs (compiled, precision, CUDA graphs);
             default eager float32, the research code's numerics.
-        profile_dir: Write a torch profiler trace of `PROFILED_STEPS` steady-state steps of the
-            first run that reaches them there (trace.json, ops.txt; see `StepProfile`); later
-            runs do not overwrite it.
+        profile_dir: Write a torch profiler trace of `PROFILED_STEPS` steady-state steps of
+            this Reconstructor's first run that reaches them there (trace.json, ops.txt; see
+            `StepProfile`); its later runs do not overwrite it.
         engine: Runs the forward-only phases (candidate scoring, LPIPS monitoring); by default
             the torch modules themselves (`TorchEngine`).
         profiler: Where phase timings go (a new one if None); a shared one (a job's) keeps
@@ -480,7 +480,9 @@ class Reconstructor:
                 truth, or the holdout error; with rule "none", the lowest objective J).
                 `resume`, progress and checkpoint states hold all B·R rows.
             resume: A state saved through `on_checkpoint` to continue from.
-            on_progress: Called every `log_every` steps.
+            on_progress: Called for every `log_every`-th step (and the last), in order, one log
+                interval late: the loop reads each log's values when the next log is made, so
+                that it never waits for the device.
             on_checkpoint: Called with the state every `checkpoint_every` steps (0: never); the
                 state's tensors are not changed afterwards, so it can be kept or saved as is.
         """
@@ -659,6 +661,12 @@ class Reconstructor:
                     break
                 state.step = step + 1
                 if on_checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
+                    if pending is not None:
+                        # Reported before the state that records it is saved: a run resumed
+                        # from this state does not report it again, and none is lost.
+                        previous, pending = pending, None
+                        if not self._report(previous, rule, on_progress):
+                            break
                     # Copies: the caller may keep the state while the loop goes on updating in place.
                     state.w_plus, state.z = w_plus.detach().clone(), None if z is None else z.detach().clone()
                     state.optimizer = copy.deepcopy(optimizer.state_dict())
@@ -706,8 +714,9 @@ class Reconstructor:
                 state.best_z = torch.where(better[:, None], z.detach(), state.best_z)
             state.history_steps.append(step)
             state.history.append(torch.cat([terms, score[None]]).float())
-            # A copy: a CUDA-graph step overwrites its output images on the next replay.
-            shown = None if on_progress is None else images.detach().clone()
+            # Every step returns fresh images (a CUDA-graph step returns a copy of its static
+            # output), so the reference stays this log's until `_report` hands it on.
+            shown = None if on_progress is None else images
             return _LogRead.start(step, state.history[-1], state.best_step, state.alive, shown)
 
     def _report(self, read: _LogRead, rule: str, on_progress: Callable[[Progress], None] | None) -> bool:

@@ -163,13 +163,22 @@ def test_profile_and_per_input_timings(weights: dict[str, str], face: Path, tmp_
 
 
 def test_restarts_keep_one_result_per_input(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
-    result = invoke(*base_run(weights, tmp_path, str(face), "--mask-preset", "eyes", "--restarts", "2", "--frames", "2", "--json"))
+    mirrored = tmp_path / "mirrored.png"
+    Image.open(face).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    args = ["--mask-preset", "eyes", "--batch-size", "2", "--restarts", "3", "--frames", "2", "--json"]
+    result = invoke(*base_run(weights, tmp_path / "out", str(face), str(mirrored), *args))
     assert result.exit_code == 0, result.output
-    (outcome,) = json.loads(result.stdout)
-    report = json.loads((tmp_path / "face" / "report.json").read_text())
-    assert report["restarts"]["count"] == 2 and outcome["metrics"]["restart"] == report["restarts"]["kept"]
-    assert len(report["history"]["total"]) == 3  # steps 0, 2, 4 of the kept restart only
-    assert sorted(p.name for p in (tmp_path / "face" / "frames").iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    for outcome in json.loads(result.stdout):
+        folder = Path(outcome["folder"])
+        report = json.loads((folder / "report.json").read_text())
+        restarts = report["restarts"]
+        assert restarts["count"] == 3 and len(restarts["scores"]) == 3 and outcome["metrics"]["restart"] == restarts["kept"]
+        assert len(report["history"]["total"]) == 3  # steps 0, 2, 4 of the kept restart only
+        frames = sorted((folder / "frames").iterdir())
+        assert [p.name for p in frames] == ["0000.png", "0001.png", "0002.png"]
+        # The kept restart's frames: the one at its best step is its restored image.
+        shown = np.asarray(Image.open(frames[outcome["metrics"]["best_step"] // 2])).astype(int)
+        assert np.abs(shown - np.asarray(Image.open(folder / "restored.png")).astype(int)).max() <= 1
     bad = invoke(*base_run(weights, tmp_path / "x", str(face), "--mask-preset", "eyes", "--restarts", "0"))
     assert bad.exit_code == 2 and "--restarts must be >= 1, got 0" in bad.output
 

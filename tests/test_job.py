@@ -106,3 +106,15 @@ def test_batches_group_and_name_inputs(models: Models, tmp_path: Path) -> None:
     )
     assert [o.name for o in outcomes] == ["x", "b-x"] and all(o.status == "done" for o in outcomes)
     assert all((o.folder / "restored.png").is_file() for o in outcomes)
+
+
+def test_report_files_are_strict_json(tmp_path: Path) -> None:
+    from lbrgm_fast.io import write_json
+
+    write_json(tmp_path / "r.json", {"loss": float("nan"), "scores": [1.5, float("inf")], "nested": {"x": -float("inf")}})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {"loss": None, "scores": [1.5, None], "nested": {"x": None}}
+

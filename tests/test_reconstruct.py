@@ -288,6 +288,27 @@ def test_progress_reports_every_log_in_order_with_the_recorded_values(tiny32: Ge
     assert seen[-1].best_step == result.best_step
 
 
+def test_a_run_resumed_from_a_checkpoint_reports_every_log_once(tiny32: Generator) -> None:
+    # A log is reported before a checkpoint saves the state that records it, so an interrupted
+    # run and its resumption together report each log exactly once.
+    op = Inpainting.from_preset("bar", 32)
+    y = op(in_range_batch(tiny32, 1))
+    rec = Reconstructor(tiny32, None, settings=pixel_only("lbrgm"), steps=8, candidates=2, log_every=2)
+    seen: list[int] = []
+    saved: list = []
+
+    def checkpoint(state: ReconstructionState) -> None:
+        if state.step == 3:
+            saved.append((copy.deepcopy(state), list(seen)))
+
+    rec.run(y, op, seed=0, on_progress=lambda p: seen.append(p.step), on_checkpoint=checkpoint, checkpoint_every=3)
+    assert seen == [0, 2, 4, 6, 8]
+    state, before = saved[0]
+    after: list[int] = []
+    rec.run(y, op, seed=0, resume=state, on_progress=lambda p: after.append(p.step))
+    assert before + after == [0, 2, 4, 6, 8]
+
+
 def test_a_batch_whose_every_sample_stopped_ends_one_log_later(tiny32: Generator) -> None:
     op = Inpainting.from_preset("bar", 32)
     y = op(in_range_batch(tiny32, 2))

@@ -525,8 +525,8 @@ def test_cuda_steps_never_synchronise(options: StepOptions) -> None:
 @cuda
 def test_cuda_reconstructor_progress_comes_from_asynchronous_reads() -> None:
     # On CUDA the loop copies each log's values to pinned host memory and reads them one log
-    # later; with CUDA graphs the step's output images are overwritten on every replay, so the
-    # images a progress report carries must be that log's own copy.
+    # later; the images a report carries are that log's (a CUDA-graph step returns a copy of
+    # its static output, which the next replay overwrites).
     G = nvidia_generator("tiny32").cuda()
     op = Inpainting.from_preset("bar", G.img_resolution)
     with torch.no_grad():

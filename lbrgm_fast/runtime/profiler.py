@@ -45,6 +45,7 @@ class Profiler:
         phase's device time is measured between two CUDA events on the current stream. On the
         CPU both are the block's wall time."""
         if not sync and self.device.type == "cuda":
+            self._read_events(finished_only=True)  # keeps the list short in a long loop
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             try:
@@ -61,11 +62,17 @@ class Profiler:
             self._sync()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def _read_events(self) -> None:
+    def _read_events(self, finished_only: bool = False) -> None:
+        """Add the event-timed phases to `seconds`: all (waiting for the device), or only those
+        the device has passed (`finished_only`: never waits)."""
+        unread = []
         for name, start, end in self._unread:
+            if finished_only and not end.query():
+                unread.append((name, start, end))
+                continue
             end.synchronize()
             self.seconds[name] = self.seconds.get(name, 0.0) + start.elapsed_time(end) / 1000
-        self._unread.clear()
+        self._unread = unread
 
     def snapshot(self) -> dict[str, float]:
         """The seconds per phase so far, for `report(since=...)`."""
