@@ -69,7 +69,7 @@ class RichReporter:
         self._task = None
         self._label = ""
         self._steps = 0
-        self._started = 0.0
+        self._first: tuple[int, float] | None = None  # the first report's step and arrival time
         self._next_line = 0
 
     def note(self, message: str) -> None:
@@ -80,7 +80,7 @@ class RichReporter:
         if self.quiet:
             return
         self._label = ", ".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1}"
-        self._steps, self._started, self._next_line = steps, time.perf_counter(), 0
+        self._steps, self._first, self._next_line = steps, None, 0
         if not stderr.is_terminal:
             return
         self._progress = Progress(
@@ -103,8 +103,12 @@ class RichReporter:
         terms = f"loss {mean(progress.terms['total']):.4g} pix {mean(progress.terms['pixel']):.4g}"
         if progress.score is not None:
             terms += f" score {mean(progress.score):.4g}"
-        elapsed = time.perf_counter() - self._started
-        rate = f"{progress.step / elapsed:.1f} steps/s" if elapsed > 0 and progress.step else ""
+        # Measured from the first report, which arrives after compilation: the steady rate.
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (progress.step, now)
+        first_step, first_time = self._first
+        rate = f"{(progress.step - first_step) / (now - first_time):.2f} steps/s" if progress.step > first_step and now > first_time else ""
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=progress.step, terms=terms, rate=rate)
         elif progress.step >= self._next_line or progress.step >= self._steps:
