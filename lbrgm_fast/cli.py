@@ -193,7 +193,7 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Restore images with L-BRGM (or BRGM, or no prior)."""
-    from lbrgm_fast.io import finite_json
+    from lbrgm_fast.io import json_text
     from lbrgm_fast.job import RunOptions, run_job
 
     with user_errors():
@@ -213,7 +213,7 @@ def run(
         for n in o.notes:
             stderr.print(f"[cyan]note:[/] {o.name}: {n}", highlight=False)
     if json_out:
-        print(json.dumps(finite_json([{**asdict(o), "folder": str(o.folder) if o.folder else None} for o in outcomes]), indent=2))
+        print(json_text([asdict(o) for o in outcomes]))
     elif not quiet:
         stderr.print(_summary_table(outcomes))
     if any(o.status == "failed" for o in outcomes):
@@ -313,6 +313,7 @@ def bench(
 ) -> None:
     """Measure the optimisation step on this machine (eager float32 baseline in the same run)."""
     from lbrgm_fast.bench import BenchOptions, machine_description, render_table, run_bench
+    from lbrgm_fast.io import json_text
 
     with user_errors():
         try:
@@ -330,7 +331,7 @@ def bench(
         on_result = None if json_out else (lambda r: stderr.print(f"{r['shape']} batch {r['batch']} {r['mode']}: {r['ms_per_step']:.1f} ms/step", highlight=False))
         results = run_bench(options, on_result=on_result)
     if json_out:
-        print(json.dumps({"machine": machine_description(options.resolved_device()), "results": results}, indent=2, default=str))
+        print(json_text({"machine": machine_description(options.resolved_device()), "results": results}))
     else:
         stdout.print(render_table(results))
 

@@ -41,21 +41,26 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def finite_json(data: Any) -> Any:
+def _finite(data: Any) -> Any:
     """`data` with NaN and ±inf (a stopped sample's loss, a restart that never had a finite
     one) replaced by None, so that it serialises as strict JSON."""
     if isinstance(data, float):
         return data if math.isfinite(data) else None
     if isinstance(data, dict):
-        return {k: finite_json(v) for k, v in data.items()}
+        return {k: _finite(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [finite_json(v) for v in data]
+        return [_finite(v) for v in data]
     return data
 
 
+def json_text(data: Any) -> str:
+    """`data` as strict, indented JSON: non-finite numbers as null (which every parser reads),
+    other non-JSON values (paths, devices) as their str()."""
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False)
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Strict JSON (non-finite numbers written as null, which every parser reads)."""
-    text = json.dumps(finite_json(data), indent=2, default=str, allow_nan=False)
+    text = json_text(data)
     atomic_write(path, lambda f: f.write((text + "\n").encode()))
 
 

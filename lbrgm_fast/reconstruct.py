@@ -303,6 +303,38 @@ class _LogRead:
             self.copied.synchronize()
 
 
+class _Reports:
+    """Progress reports one log late: `push` hands on the previous log and keeps the new one,
+    `flush` hands on the kept one. Both return whether any sample was still finite then."""
+
+    def __init__(self, steps: int, rule: str, on_progress: Callable[[Progress], None] | None) -> None:
+        self.steps, self.rule, self.on_progress = steps, rule, on_progress
+        self.pending: _LogRead | None = None
+
+    def push(self, read: _LogRead) -> bool:
+        alive = self.flush()
+        self.pending = read
+        return alive
+
+    def flush(self) -> bool:
+        read, self.pending = self.pending, None
+        if read is None:
+            return True
+        read.wait()
+        if self.on_progress is not None:
+            self.on_progress(
+                Progress(
+                    step=read.step,
+                    steps=self.steps,
+                    terms={name: read.values[i].tolist() for i, name in enumerate(TERM_NAMES)},
+                    score=None if self.rule == "none" else read.values[len(TERM_NAMES)].tolist(),
+                    best_step=read.best_step.tolist(),
+                    images=read.images,
+                )
+            )
+        return bool(read.alive.any())
+
+
 class Reconstructor:
     """Restores images by inverting a StyleGAN2 with L-BRGM (default), BRGM or no prior.
 
@@ -641,7 +673,7 @@ class Reconstructor:
         profile = None
         if self.profile_dir is not None and not self._profiled:
             profile = step_fn = StepProfile(step_fn, PROFILED_STEPS, self.profile_dir, skip=self.step_options.warmup_calls)
-        pending: _LogRead | None = None  # the previous log's values, on their way to the host
+        reports = _Reports(self.steps, rule, on_progress)
         try:
             for step in range(state.step, self.steps + 1):
                 if step == self.steps:
@@ -654,25 +686,21 @@ class Reconstructor:
                 state.alive = state.alive & torch.isfinite(terms[0])
                 if step == self.steps or step % self.log_every == 0:
                     logged = self._log(state, step, terms, images, w_now, z_now, rule, y, gt, holdout, objective, on_progress)
-                    previous, pending = pending, logged
-                    if previous is not None and not self._report(previous, rule, on_progress):
+                    if not reports.push(logged):
                         break  # every sample had stopped by the previous log
                 if step == self.steps:
                     break
                 state.step = step + 1
                 if on_checkpoint is not None and checkpoint_every and state.step % checkpoint_every == 0:
-                    if pending is not None:
-                        # Reported before the state that records it is saved: a run resumed
-                        # from this state does not report it again, and none is lost.
-                        previous, pending = pending, None
-                        if not self._report(previous, rule, on_progress):
-                            break
+                    # The pending log is reported before the state that records it is saved:
+                    # a run resumed from this state does not report it again, and none is lost.
+                    if not reports.flush():
+                        break
                     # Copies: the caller may keep the state while the loop goes on updating in place.
                     state.w_plus, state.z = w_plus.detach().clone(), None if z is None else z.detach().clone()
                     state.optimizer = copy.deepcopy(optimizer.state_dict())
                     on_checkpoint(state)
-            if pending is not None:
-                self._report(pending, rule, on_progress)
+            reports.flush()
         finally:
             if profile is not None:
                 # However the loop ended: a run that ends or stops early keeps what it recorded.
@@ -696,7 +724,7 @@ class Reconstructor:
         on_progress: Callable[[Progress], None] | None,
     ) -> _LogRead:
         """Record the loss terms and keep the best iterate (the one whose image was just made),
-        on the device; returns this log's values on their way to the host (`_report` reads them)."""
+        on the device; returns this log's values on their way to the host (for `_Reports`)."""
         with self.profiler.phase("monitor", sync=False):
             if rule == "oracle":
                 assert gt is not None and self.monitor is not None
@@ -715,22 +743,6 @@ class Reconstructor:
             state.history_steps.append(step)
             state.history.append(torch.cat([terms, score[None]]).float())
             # Every step returns fresh images (a CUDA-graph step returns a copy of its static
-            # output), so the reference stays this log's until `_report` hands it on.
+            # output), so the reference stays this log's until `_Reports` hands it on.
             shown = None if on_progress is None else images
             return _LogRead.start(step, state.history[-1], state.best_step, state.alive, shown)
-
-    def _report(self, read: _LogRead, rule: str, on_progress: Callable[[Progress], None] | None) -> bool:
-        """Hand a log's values to `on_progress`; returns whether any sample was still finite."""
-        read.wait()
-        if on_progress is not None:
-            on_progress(
-                Progress(
-                    step=read.step,
-                    steps=self.steps,
-                    terms={name: read.values[i].tolist() for i, name in enumerate(TERM_NAMES)},
-                    score=None if rule == "none" else read.values[len(TERM_NAMES)].tolist(),
-                    best_step=read.best_step.tolist(),
-                    images=read.images,
-                )
-            )
-        return bool(read.alive.any())

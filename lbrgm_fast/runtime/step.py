@@ -29,10 +29,10 @@ How a step runs is chosen by `StepOptions`; `auto_step_options` picks per device
 
 Compilation is cached on disk by torch (Inductor's FX-graph cache and AOTAutograd's cache, both
 on by default) under `$TORCHINDUCTOR_CACHE_DIR`; `configure_compile_cache` (called by the
-`lbrgm-fast` command and the bench scripts at start) points that at a per-user folder that
-survives reboots unless the variable is already set; a library caller can call it too. A second run of the
-same shapes then skips code generation; Dynamo's tracing (seconds to tens of seconds) is not
-cached by torch. Within a process, a step built over the same latents and Adam, refilled in place
+`lbrgm-fast` command and the bench scripts at start; a library caller can call it too) points
+that at a per-user folder that survives reboots unless the variable is already set. A second
+run of the same shapes then skips code generation; Dynamo's tracing (seconds to tens of
+seconds) is not cached by torch. Within a process, a step built over the same latents and Adam, refilled in place
 for the next batch (`refill_latents`, then `make_step(..., fresh=False)`), is not traced at all:
 the Reconstructor does this for every batch after its first.
 
