@@ -62,6 +62,8 @@ class RichReporter:
 
     #: Plain-text progress lines per batch when stderr is not a terminal.
     PLAIN_LINES = 10
+    #: Steps/s is shown once measured over at least this long: over a few fast steps it is noise.
+    MIN_RATE_SECONDS = 1.0
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -108,7 +110,8 @@ class RichReporter:
         if self._first is None:
             self._first = (progress.step, now)
         first_step, first_time = self._first
-        rate = f"{(progress.step - first_step) / (now - first_time):.2f} steps/s" if progress.step > first_step and now > first_time else ""
+        measured = now - first_time >= self.MIN_RATE_SECONDS and progress.step > first_step
+        rate = f"{(progress.step - first_step) / (now - first_time):.2f} steps/s" if measured else ""
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=progress.step, terms=terms, rate=rate)
         elif progress.step >= self._next_line or progress.step >= self._steps:
@@ -189,6 +192,7 @@ def run(
     memory_budget: Annotated[float, typer.Option(help="Fraction (0, 1] of the activations the compiled step keeps for its backward pass; lower recomputes the rest (for large --batch-size).")] = 1.0,
     profile: Annotated[Optional[Path], typer.Option(help="Write a torch profiler trace of a few steps into this folder.")] = None,
     retain_host_memory: Annotated[bool, typer.Option(help=RETAIN_HOST_MEMORY_HELP)] = True,
+    deterministic: Annotated[bool, typer.Option(help="Bitwise-identical results for a seed on any CPU and thread count, on one thread (slower). CPU only.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
@@ -205,6 +209,7 @@ def run(
             vgg16=vgg16, alexnet=alexnet, strict=strict, overwrite=overwrite, resume=resume,
             forward_backend=forward_backend, compile=compile_step, precision=precision, cuda_graphs=cuda_graphs,
             memory_budget=memory_budget, profile=profile, retain_host_memory=retain_host_memory,
+            deterministic=deterministic,
         )
         outcomes = run_job(options, RichReporter(quiet or json_out))
     for o in outcomes:
@@ -226,12 +231,17 @@ def demo(
     steps: Annotated[int, typer.Option(help="Adam steps per method.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the random generator, ground truth and candidates.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary (summary.json) on stdout.")] = False,
 ) -> None:
     """Offline demo: L-BRGM vs BRGM vs no prior on a small random generator (no downloads)."""
     from lbrgm_fast.demo import run_demo
+    from lbrgm_fast.io import json_text
 
     with user_errors():
-        summary = run_demo(out, steps=steps, seed=seed, reporter=RichReporter(quiet))
+        summary = run_demo(out, steps=steps, seed=seed, reporter=RichReporter(quiet or json_out))
+    if json_out:
+        print(json_text(summary))
+        return
     table = Table(title="lbrgm-fast demo (random 32 px generator, random VGG16: a smoke test, not a benchmark)")
     for col in ("method", "PSNR (all)", "PSNR (missing region)", "LPIPS(alex, random)", "seconds"):
         table.add_column(col)
@@ -364,8 +374,11 @@ def silence_benign_torch_warnings() -> None:
 
 
 def main() -> None:
+    from lbrgm_fast.runtime.reproducibility import configure_process
     from lbrgm_fast.runtime.step import configure_compile_cache
 
+    # Before the first matrix product: MKL reads its reproducibility setting once.
+    configure_process()
     silence_benign_torch_warnings()
     # Before anything asks Inductor for its folder: compiled steps are then cached in a per-user
     # folder that outlives /tmp (torch's default), so later runs skip code generation.

@@ -28,6 +28,7 @@ from lbrgm_fast.plots import plot_curves
 from lbrgm_fast.reconstruct import TERM_NAMES, Progress, ReconstructionResult, ReconstructionState, Reconstructor
 from lbrgm_fast.runtime import Profiler, resolve_device
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
+from lbrgm_fast.runtime import reproducibility
 from lbrgm_fast.runtime.host_memory import retained_host_memory
 from lbrgm_fast.runtime.step import auto_step_options
 
@@ -80,6 +81,9 @@ class RunOptions:
     #: default in the library because it changes glibc's allocator settings for the whole
     #: process; the CLI turns it on.
     retain_host_memory: bool = False
+    #: Bitwise-identical results on any CPU and thread count, on one thread
+    #: (`runtime.reproducibility`); otherwise the default promise.
+    deterministic: bool = False
 
 
 @dataclass
@@ -345,7 +349,15 @@ def load_models(options: RunOptions, device: torch.device, need_monitor: bool, r
     and, from a plan, the forward engine `--forward-backend` asks for."""
     from lbrgm_fast.checkpoints import read_checkpoint
     from lbrgm_fast.model import Generator
-    from lbrgm_fast.weights import load_state_dict_file, resolve_weights
+    from lbrgm_fast.weights import check_official, load_state_dict_file, resolve_weights
+
+    def backbone(kind: Literal["vgg16", "alexnet"], path: str | None) -> dict[str, torch.Tensor]:
+        resolved = resolve_weights(kind, path)
+        state = load_state_dict_file(resolved)
+        source[f"{kind}_sha256"], note = check_official(kind, resolved)
+        source[f"{kind}_official"] = note is None
+        notes.extend([] if note is None else [note])
+        return state
 
     if bool(options.checkpoint) == bool(options.engine):
         raise UserError("give exactly one of --checkpoint CKPT or --engine PLAN")
@@ -374,11 +386,11 @@ def load_models(options: RunOptions, device: torch.device, need_monitor: bool, r
     source = {"checkpoint": str(options.checkpoint), "checkpoint_sha256": ckpt.sha256, "checkpoint_format": ckpt.format}
     if not ckpt.has_w_avg:
         notes.append("the checkpoint has no w_avg; it was estimated from 10,000 mapping samples")
-    perceptual = VGG16Features.from_torchvision_state_dict(load_state_dict_file(resolve_weights("vgg16", options.vgg16)))
+    perceptual = VGG16Features.from_torchvision_state_dict(backbone("vgg16", options.vgg16))
     monitor = None
     if need_monitor:
         try:
-            monitor = LpipsAlex.from_torchvision_state_dict(load_state_dict_file(resolve_weights("alexnet", options.alexnet)))
+            monitor = LpipsAlex.from_torchvision_state_dict(backbone("alexnet", options.alexnet))
         except UserError as exc:
             if options.early_stop == "oracle":
                 raise
@@ -417,6 +429,7 @@ def run_job(
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{flag} {folder} is a file; give a folder (it is made if missing)")
     device = resolve_device(options.device)
+    reproducibility.check(options.deterministic, device)
     paths, problems = find_inputs(options.inputs)
     outcomes = [InputOutcome(name=name, source=name, status="failed", message=problem) for name, problem in problems]
     if not paths:
@@ -498,6 +511,7 @@ def run_job(
                         profile_dir=options.profile if not reconstructors else None,
                         engine=models.engine,
                         profiler=profiler,
+                        deterministic=options.deterministic,
                     )
                 _run_batch(batch, operator, options, reconstructors[has_gt], models, reporter, profiler)
     return outcomes
@@ -562,6 +576,7 @@ def _run_batch(
         **models.source,
         "operator": operator.describe(),
         "step": dataclasses.asdict(rec.step_options),
+        "reproducibility": reproducibility.promise(rec.deterministic, rec.device),
         "forward_engine": models.engine_report or {"choice": "torch (the model itself)"},
         "batch_seconds": round(time.perf_counter() - started, 3),
         # Once per job, before the first batch: not part of any batch's timings.

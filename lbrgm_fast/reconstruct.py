@@ -31,6 +31,7 @@ from lbrgm_fast.operators import Operator, SuperResolution, check_observation
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.priors import CosinePrior, GaussianPrior, LatentPrior, MappingPrior
 from lbrgm_fast.runtime import Profiler
+from lbrgm_fast.runtime import reproducibility
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 from lbrgm_fast.runtime.step import (
     StepOptions,
@@ -373,6 +374,9 @@ class Reconstructor:
             the torch modules themselves (`TorchEngine`).
         profiler: Where phase timings go (a new one if None); a shared one (a job's) keeps
             accumulating, while each result reports its own run's time.
+        deterministic: Bitwise-identical results for the same seed on any CPU and thread
+            count, at the cost of running on one thread; otherwise the default promise
+            (`runtime.reproducibility`). CPU only.
     """
 
     def __init__(
@@ -393,6 +397,7 @@ class Reconstructor:
         profile_dir: str | Path | None = None,
         engine: ForwardEngine | None = None,
         profiler: Profiler | None = None,
+        deterministic: bool = False,
     ) -> None:
         for name, value, least in (("steps", steps, 0), ("candidates", candidates, 1),
                                    ("candidate_batch", candidate_batch, 1), ("log_every", log_every, 1)):
@@ -418,6 +423,8 @@ class Reconstructor:
         self.device = next(generator.parameters()).device
         self.step_options = step_options or StepOptions()
         self.step_options.check(self.device)
+        reproducibility.check(deterministic, self.device)
+        self.deterministic = deterministic
         prepare_networks([generator, perceptual], self.step_options, self.device)
         self.profile_dir = None if profile_dir is None else Path(profile_dir)
         self._profiled = False
@@ -517,109 +524,112 @@ class Reconstructor:
                 that it never waits for the device.
             on_checkpoint: Called with the state every `checkpoint_every` steps (0: never); the
                 state's tensors are not changed afterwards, so it can be kept or saved as is.
+
+        The run is made under the Reconstructor's reproducibility promise (`deterministic`).
         """
-        G = self.generator
-        res = G.img_resolution
-        if observation.ndim != 4:
-            raise UserError(f"observation must be [B, 3, h, w], got {tuple(observation.shape)}")
-        check_observation(operator, observation, res)
-        if ground_truth is not None and tuple(ground_truth.shape) != (observation.shape[0], 3, res, res):
-            raise UserError(f"ground truth must be [{observation.shape[0]}, 3, {res}, {res}], got {tuple(ground_truth.shape)}")
-        if restarts < 1:
-            raise UserError(f"restarts must be >= 1, got {restarts}")
-        seeds = _seed_list(seed, observation.shape[0])
-        if restarts > 1:
-            observation = observation.repeat_interleave(restarts, dim=0)
-            ground_truth = None if ground_truth is None else ground_truth.repeat_interleave(restarts, dim=0)
-        candidate_seeds = [s + r for s in seeds for r in range(restarts)]
-        holdout_seeds = [s for s in seeds for _ in range(restarts)]
-        batch = observation.shape[0]
-        if resume is not None and resume.w_plus.shape[0] != batch:
-            raise UserError(f"the saved state holds {resume.w_plus.shape[0]} rows; this run has {batch} "
-                            f"({batch // restarts} observations x {restarts} restarts)")
-        settings = self.settings_for(operator)
-        rule = self._resolve_early_stop(ground_truth)
-        operator = operator.to(self.device)
-        y = to_255(observation).to(self.device)
-        gt = None if ground_truth is None else ground_truth.to(self.device).float() * 2 - 1
-        holdout = self._holdout_mask(operator, y.shape, holdout_seeds) if rule == "holdout" else None
-        prof = self.profiler
-        started = prof.snapshot()
+        with reproducibility.reproducible_run(self.deterministic):
+            G = self.generator
+            res = G.img_resolution
+            if observation.ndim != 4:
+                raise UserError(f"observation must be [B, 3, h, w], got {tuple(observation.shape)}")
+            check_observation(operator, observation, res)
+            if ground_truth is not None and tuple(ground_truth.shape) != (observation.shape[0], 3, res, res):
+                raise UserError(f"ground truth must be [{observation.shape[0]}, 3, {res}, {res}], got {tuple(ground_truth.shape)}")
+            if restarts < 1:
+                raise UserError(f"restarts must be >= 1, got {restarts}")
+            seeds = _seed_list(seed, observation.shape[0])
+            if restarts > 1:
+                observation = observation.repeat_interleave(restarts, dim=0)
+                ground_truth = None if ground_truth is None else ground_truth.repeat_interleave(restarts, dim=0)
+            candidate_seeds = [s + r for s in seeds for r in range(restarts)]
+            holdout_seeds = [s for s in seeds for _ in range(restarts)]
+            batch = observation.shape[0]
+            if resume is not None and resume.w_plus.shape[0] != batch:
+                raise UserError(f"the saved state holds {resume.w_plus.shape[0]} rows; this run has {batch} "
+                                f"({batch // restarts} observations x {restarts} restarts)")
+            settings = self.settings_for(operator)
+            rule = self._resolve_early_stop(ground_truth)
+            operator = operator.to(self.device)
+            y = to_255(observation).to(self.device)
+            gt = None if ground_truth is None else ground_truth.to(self.device).float() * 2 - 1
+            holdout = self._holdout_mask(operator, y.shape, holdout_seeds) if rule == "holdout" else None
+            prof = self.profiler
+            started = prof.snapshot()
 
-        with prof.phase("setup"):
-            if (settings.gaussian_weight or settings.start == "w-avg") and self._gaussian_prior is None:
-                # BRGM's w_avg and σ from 10,000 mapping samples: once per Reconstructor.
-                self._gaussian_prior = GaussianPrior.from_mapping(G.mapping, G.z_dim)
-            keep = None if holdout is None else 1 - holdout
-            objective = Objective(G, operator, self.perceptual, settings, y, keep, self._gaussian_prior)
+            with prof.phase("setup"):
+                if (settings.gaussian_weight or settings.start == "w-avg") and self._gaussian_prior is None:
+                    # BRGM's w_avg and σ from 10,000 mapping samples: once per Reconstructor.
+                    self._gaussian_prior = GaussianPrior.from_mapping(G.mapping, G.z_dim)
+                keep = None if holdout is None else 1 - holdout
+                objective = Objective(G, operator, self.perceptual, settings, y, keep, self._gaussian_prior)
 
-        initial_z: torch.Tensor | None = None
-        if resume is None:
-            if settings.start == "w-avg":
-                assert self._gaussian_prior is not None
-                w_plus = self._gaussian_prior.w_avg.expand(batch, G.num_ws, -1).clone()
-                z = None
+            initial_z: torch.Tensor | None = None
+            if resume is None:
+                if settings.start == "w-avg":
+                    assert self._gaussian_prior is not None
+                    w_plus = self._gaussian_prior.w_avg.expand(batch, G.num_ws, -1).clone()
+                    z = None
+                else:
+                    with prof.phase("candidates"):
+                        initial_z = self.best_candidates(objective, candidate_seeds)
+                    with torch.no_grad():
+                        w_plus = G.mapping(initial_z).clone()
+                    z = initial_z.clone() if settings.optimize_z else None
+                state = None
             else:
-                with prof.phase("candidates"):
-                    initial_z = self.best_candidates(objective, candidate_seeds)
-                with torch.no_grad():
-                    w_plus = G.mapping(initial_z).clone()
-                z = initial_z.clone() if settings.optimize_z else None
-            state = None
-        else:
-            state = resume.to(self.device)
-            w_plus, z = state.w_plus.clone(), None if state.z is None else state.z.clone()
+                state = resume.to(self.device)
+                w_plus, z = state.w_plus.clone(), None if state.z is None else state.z.clone()
 
-        w_plus, z, optimizer, fresh = self._loop_latents(
-            w_plus, z, settings, (operator.describe(), rule), None if state is None else state.optimizer
-        )
-        if state is None:
-            state = ReconstructionState(
-                step=0, w_plus=w_plus.detach(), z=None if z is None else z.detach(), optimizer={},
-                best_w_plus=w_plus.detach().clone(), best_z=None if z is None else z.detach().clone(),
-                best_score=torch.full((batch,), math.inf, device=self.device),
-                best_step=torch.zeros(batch, dtype=torch.long, device=self.device),
-                alive=torch.ones(batch, dtype=torch.bool, device=self.device),
+            w_plus, z, optimizer, fresh = self._loop_latents(
+                w_plus, z, settings, (operator.describe(), rule), None if state is None else state.optimizer
             )
+            if state is None:
+                state = ReconstructionState(
+                    step=0, w_plus=w_plus.detach(), z=None if z is None else z.detach(), optimizer={},
+                    best_w_plus=w_plus.detach().clone(), best_z=None if z is None else z.detach().clone(),
+                    best_score=torch.full((batch,), math.inf, device=self.device),
+                    best_step=torch.zeros(batch, dtype=torch.long, device=self.device),
+                    alive=torch.ones(batch, dtype=torch.bool, device=self.device),
+                )
 
-        # The step may switch the generator's blocks to low precision; the caller's generator
-        # is left as it was found.
-        low_precision = G.synthesis.low_precision_resolutions
-        try:
-            with prof.phase("optimise"):
-                self._loop(objective, optimizer, w_plus, z, fresh, state, rule, y, gt, holdout, on_progress, on_checkpoint, checkpoint_every)
-        finally:
-            G.synthesis.low_precision_resolutions = low_precision
+            # The step may switch the generator's blocks to low precision; the caller's generator
+            # is left as it was found.
+            low_precision = G.synthesis.low_precision_resolutions
+            try:
+                with prof.phase("optimise"):
+                    self._loop(objective, optimizer, w_plus, z, fresh, state, rule, y, gt, holdout, on_progress, on_checkpoint, checkpoint_every)
+            finally:
+                G.synthesis.low_precision_resolutions = low_precision
 
-        with prof.phase("finalise"), torch.no_grad():
-            images = G.synthesis(state.best_w_plus, noise_mode=objective.noise_mode)
-            images = ((images.float() + 1) / 2).clamp(0, 1)
+            with prof.phase("finalise"), torch.no_grad():
+                images = G.synthesis(state.best_w_plus, noise_mode=objective.noise_mode)
+                images = ((images.float() + 1) / 2).clamp(0, 1)
 
-        history = {"step": np.asarray(state.history_steps, dtype=np.int64)}
-        if state.history:
-            stacked = torch.stack(state.history).cpu().numpy()  # [T, terms + 1, B]
-            for i, name in enumerate(TERM_NAMES):
-                history[name] = stacked[:, i]
-            if rule != "none":
-                history["score"] = stacked[:, len(TERM_NAMES)]
-        alive = state.alive.cpu().tolist()
-        result = ReconstructionResult(
-            images=images.cpu(),
-            w_plus=state.best_w_plus.detach().cpu(),
-            z=None if state.best_z is None else state.best_z.detach().cpu(),
-            best_step=state.best_step.cpu().tolist(),
-            history=history,
-            stopped=[None if a else "the loss became NaN or infinite; kept the best iterate before it" for a in alive],
-            early_stop=rule,
-            initial_z=None if initial_z is None else initial_z.cpu(),
-            timings=prof.report(since=started),
-        )
-        scores = state.best_score.cpu().double().numpy()
-        if rule == "none" and "total" in history:
-            # No score: compare the objective at each row's kept iterate.
-            at = np.searchsorted(history["step"], result.best_step)
-            scores = history["total"][at, np.arange(batch)].astype(np.float64)
-        return _keep_best_restarts(result, scores, restarts)
+            history = {"step": np.asarray(state.history_steps, dtype=np.int64)}
+            if state.history:
+                stacked = torch.stack(state.history).cpu().numpy()  # [T, terms + 1, B]
+                for i, name in enumerate(TERM_NAMES):
+                    history[name] = stacked[:, i]
+                if rule != "none":
+                    history["score"] = stacked[:, len(TERM_NAMES)]
+            alive = state.alive.cpu().tolist()
+            result = ReconstructionResult(
+                images=images.cpu(),
+                w_plus=state.best_w_plus.detach().cpu(),
+                z=None if state.best_z is None else state.best_z.detach().cpu(),
+                best_step=state.best_step.cpu().tolist(),
+                history=history,
+                stopped=[None if a else "the loss became NaN or infinite; kept the best iterate before it" for a in alive],
+                early_stop=rule,
+                initial_z=None if initial_z is None else initial_z.cpu(),
+                timings=prof.report(since=started),
+            )
+            scores = state.best_score.cpu().double().numpy()
+            if rule == "none" and "total" in history:
+                # No score: compare the objective at each row's kept iterate.
+                at = np.searchsorted(history["step"], result.best_step)
+                scores = history["total"][at, np.arange(batch)].astype(np.float64)
+            return _keep_best_restarts(result, scores, restarts)
 
     def _loop_latents(
         self,

@@ -7,6 +7,7 @@ WeightsNotFoundError saying which file to put where.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import warnings
 import zipfile
@@ -18,7 +19,7 @@ import torch
 
 from lbrgm_fast.errors import UserError, WeightsNotFoundError
 
-__all__ = ["WEIGHT_FILES", "WeightKind", "cache_path", "load_state_dict_file", "resolve_weights"]
+__all__ = ["WEIGHT_FILES", "WeightKind", "cache_path", "check_official", "load_state_dict_file", "resolve_weights"]
 
 WeightKind = Literal["vgg16", "alexnet"]
 
@@ -91,6 +92,25 @@ def resolve_weights(kind: WeightKind, path: str | Path | None = None, download: 
             f"{kind} weights could not be downloaded ({reason}): {hint}"
         ) from None
     return cached
+
+
+def check_official(kind: WeightKind, path: str | Path) -> tuple[str, str | None]:
+    """(SHA-256 of `path`, a note when it is not torchvision's official `kind` file, else None).
+
+    Any state dict of the right layout loads (random weights for an offline smoke test, a
+    fine-tuned VGG16), but only the official weights make φ and the monitor the published
+    LPIPS: the note says so, for stderr and report.json.
+    """
+    name = _entry(kind)[0]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    if sha.startswith(_hash_prefix(name)):
+        return sha, None
+    return sha, (f"{kind} weights {path} are not torchvision's {name} (SHA-256 {sha[:8]}..., expected {_hash_prefix(name)}...): "
+                 "the perceptual and LPIPS numbers are not the published LPIPS")
 
 
 def _reason(exc: BaseException) -> str:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 
 from lbrgm_fast.model import Generator
+from lbrgm_fast.runtime.reproducibility import configure_process
+
+# As `lbrgm-fast` does at start, before the first matrix product: the tests see the command's
+# reproducibility settings.
+configure_process()
 
 from reference import NVIDIA_FIXTURES, nvidia_generator
 

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lbrgm_fast.cli import app
-from lbrgm_fast.demo import run_demo
+from lbrgm_fast.demo import LABEL_BAND, run_demo
 from lbrgm_fast.perceptual import VGG16Features
 
 from reference import FIXTURES, nvidia_generator
@@ -227,6 +227,7 @@ def test_mask_files_wrong_size_or_empty(weights: dict[str, str], face: Path, tmp
     Image.fromarray(np.full((32, 32), 255, np.uint8)).save(uniform)
     result = invoke(*base_run(weights, tmp_path, str(face), "--mask", str(uniform)))
     assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "uniform.png is uniform (every pixel 255), so no region is marked" in result.output
 
 
 def test_images_of_other_modes_and_sizes(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
@@ -283,10 +284,23 @@ def test_corrupt_vgg_weights_are_one_line_without_unsafe_advice(weights: dict[st
 def test_demo_runs_offline(tmp_path: Path) -> None:
     summary = run_demo(tmp_path, steps=20)
     assert set(summary["methods"]) == {"lbrgm", "brgm", "none"}
+    truth = np.asarray(Image.open(tmp_path / "ground_truth.png"), dtype=np.float64)
+    observed = np.asarray(Image.open(tmp_path / "lbrgm" / "ground_truth" / "observation.png"), dtype=np.float64)
     for method, metrics in summary["methods"].items():
-        assert metrics["psnr"] > 5 and 0 <= metrics["lpips_alex"] < 1, method
-        assert (tmp_path / method / "ground_truth" / "restored.png").is_file()
-    assert (tmp_path / "comparison.png").is_file() and (tmp_path / "summary.json").is_file()
+        restored = np.asarray(Image.open(tmp_path / method / "ground_truth" / "restored.png"), dtype=np.float64)
+        # The reported PSNR is that of the saved image (up to its 8-bit rounding) ...
+        assert metrics["psnr"] == pytest.approx(10 * np.log10(255**2 / np.mean((restored - truth) ** 2)), abs=0.2), method
+        # ... and every method fills the missing half better than the observation's zeros do.
+        missing = np.s_[:, 16:]
+        assert np.mean((restored[missing] - truth[missing]) ** 2) < np.mean((observed[missing] - truth[missing]) ** 2), method
+        assert 0 <= metrics["lpips_alex"] < 1, method
+    assert (tmp_path / "summary.json").is_file()
+    # ground truth | observation | L-BRGM | BRGM | no prior, 4x enlarged, each panel named above.
+    comparison = np.asarray(Image.open(tmp_path / "comparison.png"))
+    assert comparison.shape == (LABEL_BAND + 4 * 32, 5 * 4 * 32, 3)
+    for panel in range(5):
+        band = comparison[:LABEL_BAND, panel * 128 : (panel + 1) * 128]
+        assert (band < 100).any() and (band == 255).mean() > 0.5, panel  # dark text on white
 
 
 @pytest.mark.slow
