@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,13 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    """Describe an engine plan (a zip with an lbrgm manifest) or any supported checkpoint."""
-    p = Path(path)
-    if p.is_file() and zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
-            is_plan = "manifest.json" in zf.namelist()
-        if is_plan:
-            from lbrgm_fast.plan import read_plan
+    """Describe an engine plan (a zip with the manifest first) or any supported checkpoint.
 
-            return {"kind": "plan", **read_plan(p).describe()}
-    return describe_checkpoint(p)
+    A plan gets every check `run --engine` makes (read_plan), so `info` never calls a plan
+    valid that `run` refuses.
+    """
+    from lbrgm_fast.plan import is_plan_file, read_plan
+
+    if is_plan_file(path):
+        return {"kind": "plan", **read_plan(path).describe()}
+    return describe_checkpoint(path)

@@ -5,14 +5,18 @@ and the perceptual/monitor weights as safetensors, the ONNX graphs and, when the
 serialized TensorRT engines per GPU model and TensorRT version. The manifest records the SHA-256
 of every other member, and `read_plan` checks all of them: a corrupted, truncated, foreign or
 tampered file, or an unknown format version, is one `PlanError` line naming the file. No pickle
-anywhere. The full format is documented in docs/plan-format.md.
+anywhere. A plan may come from a stranger: the zip container is bounded and every ONNX graph is
+checked before anything loads it (lbrgm_fast/plan_checks.py). The full format, and what a plan
+can and cannot make lbrgm-fast do, are documented in docs/plan-format.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +30,9 @@ from lbrgm_fast.errors import CheckpointError, PlanError
 from lbrgm_fast.io import atomic_write
 from lbrgm_fast.model import Generator
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.plan_checks import directory_problem, entries_problem, graph_problem, member_name_problem
 
-__all__ = ["FORMAT", "GRAPHS", "MANIFEST", "VERSION", "Plan", "read_plan", "write_plan"]
+__all__ = ["FORMAT", "GRAPHS", "MANIFEST", "VERSION", "Plan", "is_plan_file", "read_plan", "write_plan"]
 
 FORMAT = "lbrgm-plan"
 VERSION = 1
@@ -37,7 +42,9 @@ MANIFEST = "manifest.json"
 _MAX_MANIFEST_BYTES = 1 << 20
 _CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MEMBER_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+# A zip's first local file header up to the name: signature, 22 bytes of versions, flags,
+# method, time, CRC and sizes, then the name's and the extra field's lengths.
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
 
 
 def _fail(path: Path | str, problem: str) -> PlanError:
@@ -52,7 +59,7 @@ def write_plan(path: str | Path, manifest: Mapping[str, Any], members: Mapping[s
     """
     target = Path(path)
     for name in members:
-        if name == MANIFEST or not _MEMBER_NAME.match(name) or ".." in name.split("/"):
+        if name == MANIFEST or member_name_problem(name):
             raise PlanError(f"cannot write plan '{target}': invalid member name {name!r}")
     full = dict(manifest)
     full["members"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)} for name, data in sorted(members.items())}
@@ -71,11 +78,27 @@ def write_plan(path: str | Path, manifest: Mapping[str, Any], members: Mapping[s
     return target
 
 
-def read_plan(path: str | Path) -> Plan:
-    """Open and fully validate a plan: structure, manifest, version and every member's SHA-256.
+def is_plan_file(path: str | Path) -> bool:
+    """Whether `path` is a zip whose first member is the manifest, as every plan's is: what
+    `lbrgm-fast info` tells plans from checkpoints by. Decided from the first local header (30
+    bytes and a name), never from the zip directory, which `read_plan` checks before parsing."""
+    try:
+        with Path(path).open("rb") as handle:
+            header = handle.read(_LOCAL_HEADER.size)
+            if len(header) < _LOCAL_HEADER.size:
+                return False
+            signature, name_length, _ = _LOCAL_HEADER.unpack(header)
+            return signature == b"PK\x03\x04" and handle.read(name_length) == MANIFEST.encode()
+    except OSError:
+        return False
 
-    Raises PlanError (one line naming the file) for anything that is not an intact plan this
-    version of lbrgm-fast can read.
+
+def read_plan(path: str | Path) -> Plan:
+    """Open and fully validate a plan: container bounds, structure, manifest, version, every
+    member's SHA-256 and every ONNX graph's content (docs/plan-format.md, "Trust").
+
+    Raises PlanError (one line naming the file) for anything that is not an intact, safe plan
+    this version of lbrgm-fast can read; nothing in the plan has been loaded or run by then.
     """
     p = Path(path)
     if not p.is_file():
@@ -83,13 +106,10 @@ def read_plan(path: str | Path) -> Plan:
     try:
         with p.open("rb") as handle:
             head = handle.read(4)
-            archive = zipfile.ZipFile(handle)
-            names = archive.namelist()
-            if MANIFEST not in names:
-                raise _fail(p, f"it is a zip archive but not an lbrgm-fast plan (no {MANIFEST}); build one with `lbrgm-fast build`")
+            archive = _open_archive(handle, p)
             raw = _read_member(archive, MANIFEST, _MAX_MANIFEST_BYTES, p)
             manifest = _parse_manifest(raw, p)
-            _check_members(archive, names, manifest, p)
+            _check_members(archive, manifest, p)
     except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
         # zipfile raises all of these for damaged or hostile archives (bad CRC, cut-off data,
         # unknown compression, encryption).
@@ -98,7 +118,29 @@ def read_plan(path: str | Path) -> Plan:
         raise _fail(p, "it is not an lbrgm-fast plan (not a zip archive); build one with `lbrgm-fast build`") from None
     except OSError as exc:
         raise _fail(p, f"cannot read it ({exc.strerror or exc})") from None
-    return Plan(p, manifest, hashlib.sha256(raw).hexdigest())
+    plan = Plan(p, manifest, hashlib.sha256(raw).hexdigest())
+    for name in GRAPHS:  # `info` and `run` refuse the same plans, before any graph is loaded
+        if plan.has_graph(name):
+            plan.onnx(name)
+    return plan
+
+
+def _open_archive(handle: IO[bytes], path: Path) -> zipfile.ZipFile:
+    """The zip of an open plan file, its directory bounded before `zipfile` parses it and its
+    entries checked (plan_checks) before any member is read."""
+    problem = directory_problem(handle)
+    if problem:
+        raise _fail(path, problem)
+    archive = zipfile.ZipFile(handle)
+    entries = archive.infolist()
+    if MANIFEST not in archive.namelist():
+        raise _fail(path, f"it is a zip archive but not an lbrgm-fast plan (no {MANIFEST}); build one with `lbrgm-fast build`")
+    if entries[0].filename != MANIFEST or entries[0].header_offset != 0:
+        raise _fail(path, f"its {MANIFEST} is not the first member (a plan is written with it first)")
+    problem = entries_problem(entries, handle.seek(0, os.SEEK_END))
+    if problem:
+        raise _fail(path, problem)
+    return archive
 
 
 def _read_member(archive: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
@@ -157,9 +199,8 @@ def _manifest_problem(m: dict[str, Any]) -> str | None:
     return None
 
 
-def _check_members(archive: zipfile.ZipFile, names: list[str], manifest: dict[str, Any], path: Path) -> None:
-    if len(names) != len(set(names)):
-        raise _fail(path, "the archive holds two members of the same name")
+def _check_members(archive: zipfile.ZipFile, manifest: dict[str, Any], path: Path) -> None:
+    names = archive.namelist()
     listed = manifest["members"]
     for name in names:
         if name != MANIFEST and name not in listed:
@@ -205,13 +246,13 @@ class Plan:
 
     def member(self, name: str) -> bytes:
         """A member's bytes, checked against the manifest's SHA-256 again (the file may have
-        changed since it was opened)."""
+        changed since it was opened, so its container is checked again too)."""
         entry = self.manifest["members"].get(name)
         if entry is None:
             raise KeyError(name)
         try:
-            with zipfile.ZipFile(self.path) as archive:
-                data = archive.read(name)
+            with self.path.open("rb") as handle:
+                data = _open_archive(handle, self.path).read(name)
         except (OSError, KeyError, zipfile.BadZipFile) as exc:
             raise _fail(self.path, f"cannot read member {name} ({exc})") from None
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
@@ -257,10 +298,19 @@ class Plan:
         return name in self.manifest["graphs"]
 
     def onnx(self, name: str) -> bytes:
-        """ONNX bytes of graph `name` ("mapping", "synthesis", "features", "lpips")."""
+        """ONNX bytes of graph `name` ("mapping", "synthesis", "features", "lpips").
+
+        The one way graphs leave a plan, so every graph any runtime loads has passed
+        `plan_checks.graph_problem` (self-contained standard ONNX) here first.
+        """
         if name not in self.manifest["graphs"]:
             raise _fail(self.path, f"it has no {name} graph")
-        return self.member(self.manifest["graphs"][name]["file"])
+        member = self.manifest["graphs"][name]["file"]
+        data = self.member(member)
+        problem = graph_problem(data)
+        if problem:
+            raise _fail(self.path, f"member {member} is refused: {problem}")
+        return data
 
     def tensorrt_entry(self, key: str) -> dict[str, Any] | None:
         """The manifest entry of the TensorRT engines built for `key` (GPU model, compute

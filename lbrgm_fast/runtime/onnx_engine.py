@@ -4,11 +4,16 @@ Inputs and outputs are bound by pointer to torch tensors (IOBinding) on every pr
 call neither copies through numpy nor, on a GPU, through the host: outputs are preallocated torch
 tensors on the input's device whose shapes come from the graph (its symbolic dimensions are
 resolved from the inputs' sizes).
+
+Graphs may come from a stranger's plan. `Plan.onnx` has checked them (self-contained standard
+ONNX, lbrgm_fast/plan_checks.py); the session options below are defence in depth behind that
+check (`_guarded_options`).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -26,6 +31,11 @@ if TYPE_CHECKING:
 
 Provider = Literal["cpu", "cuda", "tensorrt"]
 _PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+# ONNX Runtime session config keys (include/onnxruntime/core/session/
+# onnxruntime_session_options_config_keys.h), both honoured by onnxruntime 1.32 (tested in
+# tests/test_plan_trust.py); a version that does not know a key ignores it.
+_LOAD_MODEL_FORMAT = "session.load_model_format"
+_EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 def provider_problem(provider: Provider, device: torch.device) -> str | None:
@@ -50,6 +60,29 @@ def _explicit(device: torch.device) -> torch.device:
     return device
 
 
+def _guarded_options(empty_folder: str, threads: int | None) -> onnxruntime.SessionOptions:
+    """Session options that read a graph as plain ONNX and nothing beside it.
+
+    * `session.load_model_format = ONNX`: the bytes are parsed as the ONNX protobuf the plan's
+      checks read, never sniffed as ONNX Runtime's own flatbuffer format (which they do not read).
+    * `session.model_external_initializers_file_folder_path` = an empty folder: external data a
+      graph might still name resolves inside it and is not found (onnxruntime 1.32 refuses
+      locations that leave the folder; without the key it resolves them against the working
+      directory).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: its warnings are about graph internals
+    options.add_session_config_entry(_LOAD_MODEL_FORMAT, "ONNX")
+    options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, empty_folder)
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
 class _Session:
     """One graph's InferenceSession, run through IOBinding on torch tensors."""
 
@@ -70,13 +103,10 @@ class _Session:
         if self.stream is not None:
             stream = {"has_user_compute_stream": "1", "user_compute_stream": str(self.stream.cuda_stream)}
             providers = [(name, {**opts, **stream}) for name, opts in providers]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: its warnings are about graph internals
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        self.session: onnxruntime.InferenceSession = ort.InferenceSession(model, options, providers=providers)
+        # External data is only ever read while the session is created.
+        with tempfile.TemporaryDirectory(prefix="lbrgm-no-external-data-") as empty:
+            options = _guarded_options(empty, threads)
+            self.session: onnxruntime.InferenceSession = ort.InferenceSession(model, options, providers=providers)
         self.inputs = [(i.name, list(i.shape)) for i in self.session.get_inputs()]
         self.outputs = [(o.name, list(o.shape)) for o in self.session.get_outputs()]
 

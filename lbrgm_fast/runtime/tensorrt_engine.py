@@ -8,6 +8,10 @@ Every call runs on torch's current CUDA stream with torch-allocated inputs and o
 copies and no synchronisation. Engines come from the plan when it holds ones for this GPU model,
 compute capability and TensorRT version; otherwise (or when they fail to load) they are built
 from the plan's ONNX graphs once, with a one-line note, and cached next to the plan.
+
+A plan may come from a stranger, and an engine is opaque: it is only ever deserialised by a
+runtime that refuses engines carrying host code (`_data_only_runtime`), only for the manifest
+entry whose key is this GPU's and TensorRT's, and only from members the manifest lists.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ class TensorRTEngine:
         if self.device.type != "cuda":
             raise UserError("the TensorRT backend needs --device cuda")
         self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = _data_only_runtime(trt, self._logger)
         with torch.cuda.device(self.device):
             self._graphs = {name: _Graph(self._runtime, data, name) for name, data in engines.items()}
 
@@ -174,6 +178,24 @@ class TensorRTEngine:
     def lpips(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         (distance,) = self._run("lpips", x, y)
         return distance
+
+
+def _data_only_runtime(trt: Any, logger: Any) -> Any:
+    """A TensorRT runtime that deserialises engines as data, never as code.
+
+    `engine_host_code_allowed = False` makes it refuse engines that carry host code (version-
+    compatible engines with an embedded lean runtime, plugin libraries serialised into the
+    engine), which would otherwise be loaded and run in this process. False is TensorRT's
+    default since the setting appeared (8.6; `IRuntime::setEngineHostCodeAllowed`, Python
+    `Runtime.engine_host_code_allowed`, in every TensorRT 10 release); it is set explicitly so
+    that no default can change it. `tempfile_control_flags = 0` also forbids TensorRT the
+    in-memory and temporary files it loads such code from. Plain engines, which is all
+    `lbrgm-fast build` makes, need neither.
+    """
+    runtime = trt.Runtime(logger)
+    runtime.engine_host_code_allowed = False
+    runtime.tempfile_control_flags = 0
+    return runtime
 
 
 def _store(folder: Path, files: Mapping[str, bytes], note: Callable[[str], None]) -> None:
