@@ -47,7 +47,7 @@ from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.reconstruct import Objective, generator_to_255
-from lbrgm_fast.runtime.devices import resolve_device
+from lbrgm_fast.runtime.devices import cpu_features, resolve_device
 from lbrgm_fast.runtime.host_memory import (
     release_freed_host_memory,
     retained_host_memory,
@@ -118,11 +118,14 @@ class BenchOptions:
 def default_modes(device: torch.device) -> tuple[str, ...]:
     """The baseline and the compiled modes worth comparing on `device`.
 
-    bf16 is left out on the CPU: without native bf16 instructions (avx512_bf16 / AMX) its
-    convolutions are emulated and many times slower than float32; ask for it by name.
+    On a CPU bf16 is included only where it is native (avx512_bf16 / AMX, as `run` then picks
+    it): elsewhere its convolutions are emulated and many times slower than float32; ask for it
+    by name.
     """
     if device.type == "cuda":
         return (BASELINE_MODE, "compiled-fp32", "compiled-bf16", "compiled-bf16-graphs")
+    if cpu_features().native_bf16:
+        return (BASELINE_MODE, "compiled-fp32", "compiled-bf16")
     return (BASELINE_MODE, "compiled-fp32")
 
 
@@ -426,11 +429,14 @@ def render_table(results: list[dict[str, object]]) -> Table:
 
 
 def machine_description(device: torch.device) -> str:
-    """One line naming the processor or GPU, the torch version and the CPU threads."""
+    """One line naming the processor or GPU (a CPU with the kernels torch runs and whether it
+    has native bf16), the torch version and the CPU threads."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = _cpu_name()
+        cpu = cpu_features()
+        units = [unit for unit, has in (("avx512_bf16", cpu.avx512_bf16), ("AMX", cpu.amx)) if has]
+        name = f"{_cpu_name()} ({cpu.capability}; native bf16: {', '.join(units) if units else 'no'})"
     return f"{name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads of {os.cpu_count()}"
 
 

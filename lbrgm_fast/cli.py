@@ -187,7 +187,7 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs from their saved state.")] = False,
     forward_backend: Annotated[str, typer.Option(help="Candidate scoring and LPIPS monitoring on: auto | torch | onnxruntime | tensorrt (the last two need --engine).")] = "auto",
     compile_step: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on for runs of 500+ steps; the first compile takes minutes on a CPU).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 on GPUs that have it, else fp32).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 where the GPU or CPU runs it natively — avx512_bf16 or AMX on CPUs — else fp32).")] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the step as a CUDA graph (default: on with CUDA).")] = None,
     memory_budget: Annotated[float, typer.Option(help="Fraction (0, 1] of the activations the compiled step keeps for its backward pass; lower recomputes the rest (for large --batch-size).")] = 1.0,
     profile: Annotated[Optional[Path], typer.Option(help="Write a torch profiler trace of a few steps into this folder.")] = None,
@@ -256,11 +256,12 @@ def info(
     path: Annotated[str, typer.Argument(help="A checkpoint or an engine plan.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
-    """Describe a checkpoint (format, shapes, precision, sha256) or an engine plan."""
-    from lbrgm_fast.describe import describe
+    """Describe a checkpoint (format, shapes, precision, sha256) or an engine plan, and what this
+    machine would run it with."""
+    from lbrgm_fast.describe import describe, describe_machine
 
     with user_errors():
-        description = describe(path)
+        description = {**describe(path), "this machine": describe_machine()}
     if json_out:
         print(json.dumps(description, indent=2))
         return

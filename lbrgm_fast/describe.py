@@ -41,3 +41,16 @@ def describe(path: str | Path) -> dict[str, Any]:
     if is_plan_file(path):
         return {"kind": "plan", **read_plan(path).describe()}
     return describe_checkpoint(path)
+
+
+def describe_machine() -> dict[str, Any]:
+    """What `run` would choose on this machine by default: the device, what its CPU has, and the
+    optimisation step's precision with the reason."""
+    from lbrgm_fast.runtime.devices import cpu_features, resolve_device
+    from lbrgm_fast.runtime.step import default_precision
+
+    device = resolve_device("auto")
+    cpu = cpu_features()
+    precision, why = default_precision(device)
+    return {"device": str(device), "cpu_capability": cpu.capability, "avx512_bf16": cpu.avx512_bf16, "amx": cpu.amx,
+            "step_precision": precision, "why": why}

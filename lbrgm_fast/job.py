@@ -30,7 +30,8 @@ from lbrgm_fast.runtime import Profiler, resolve_device
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 from lbrgm_fast.runtime import reproducibility
 from lbrgm_fast.runtime.host_memory import retained_host_memory
-from lbrgm_fast.runtime.step import auto_step_options
+from lbrgm_fast.runtime.devices import cpu_features
+from lbrgm_fast.runtime.step import auto_step_options, default_precision
 
 Task = Literal["inpaint", "superres", "project"]
 STATE_FILE = "state.pt"
@@ -442,9 +443,10 @@ def run_job(
         device, steps=options.steps, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs,  # type: ignore[arg-type]
         memory_budget=options.memory_budget,
     )
-    if device.type == "cpu" and step_options.precision != "fp32":
-        reporter.note(f"--precision {step_options.precision} on the CPU: without native bf16/fp16 instructions "
-                      "(avx512_bf16, AMX) torch emulates them, many times slower than fp32 (the CPU default)")
+    emulated = step_options.precision == "fp16" or (step_options.precision == "bf16" and not cpu_features().native_bf16)
+    if device.type == "cpu" and emulated:
+        reporter.note(f"--precision {step_options.precision} on this CPU: without native {step_options.precision} instructions "
+                      f"torch emulates it, many times slower than fp32 ({default_precision(device)[1]})")
     if options.profile is not None and options.steps <= step_options.warmup_calls:
         reporter.note(f"--profile records steps after the first {step_options.warmup_calls} (compilation); "
                       f"a run of {options.steps} steps writes no trace")
@@ -517,6 +519,11 @@ def run_job(
     return outcomes
 
 
+def _precision_reason(options: RunOptions, device: torch.device) -> str:
+    """Why the step ran in its precision, for report.json."""
+    return f"--precision {options.precision}" if options.precision is not None else default_precision(device)[1]
+
+
 def _run_batch(
     batch: list[PreparedInput],
     operator: Operator,
@@ -575,7 +582,7 @@ def _run_batch(
     extra = {
         **models.source,
         "operator": operator.describe(),
-        "step": dataclasses.asdict(rec.step_options),
+        "step": {**dataclasses.asdict(rec.step_options), "precision_reason": _precision_reason(options, rec.device)},
         "reproducibility": reproducibility.promise(rec.deterministic, rec.device),
         "forward_engine": models.engine_report or {"choice": "torch (the model itself)"},
         "batch_seconds": round(time.perf_counter() - started, 3),

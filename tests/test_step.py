@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,11 +37,14 @@ from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.reconstruct import Objective, Reconstructor, generator_to_255
 from lbrgm_fast.runtime import Profiler
+from lbrgm_fast.runtime import step as step_module
+from lbrgm_fast.runtime.devices import CpuFeatures, cpu_features
 from lbrgm_fast.runtime.step import (
     FP16_LOSS_SCALE,
     StepOptions,
     StepProfile,
     auto_step_options,
+    default_precision,
     load_optimizer_state,
     make_optimizer,
     make_step,
@@ -139,6 +143,21 @@ def test_compiled_loop_on_channels_last_weights_matches_eager(tiny_problem) -> N
     rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
     assert rel < 0.01, f"compiled loss on channels-last weights differs by {rel:.2%}"
     assert psnr(images, ref_images).min() > 40
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_features().native_bf16, reason="this CPU has no avx512_bf16 or AMX: bf16 is emulated here (many times "
+                    "slower), so no run picks it and compiling it would only cost minutes")
+@pytest.mark.parametrize("fixture", NVIDIA_FIXTURES)
+def test_compiled_bf16_cpu_loop_matches_eager(fixture: str, tiny_problem) -> None:
+    # What `run` now does by default on a CPU with native bf16: compiled + bf16, against the
+    # research code's loop, within the bf16 bounds (module docstring).
+    problem = tiny_problem if fixture == "tiny32" else make_objective(nvidia_generator(fixture), batch=2)
+    terms, images, _ = run_loop(*problem, StepOptions(compile=True, precision="bf16"), steps=40)
+    ref_terms, ref_images, _ = run_loop(*problem, None, steps=40)
+    rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
+    assert rel < 0.05, f"compiled bf16 loss differs by {rel:.2%}"
+    assert psnr(images.float(), ref_images).min() > 30
 
 
 @pytest.mark.slow
@@ -378,7 +397,9 @@ def test_precision_sets_the_low_precision_blocks() -> None:
 # -- options, compile-time reporting, profiling ------------------------------------------------
 
 
-def test_auto_options_per_device() -> None:
+def test_auto_options_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A CPU without native bf16 (the AVX2 development CPUs): float32.
+    monkeypatch.setattr(step_module, "cpu_features", lambda: CpuFeatures("AVX2", avx512_bf16=False, amx=False))
     assert auto_step_options("cpu") == StepOptions(compile=True, precision="fp32", cuda_graphs=False)
     assert auto_step_options("cpu", steps=2000) == StepOptions(compile=True)
     assert auto_step_options("cpu", steps=50) == StepOptions()  # compiling would not pay off
@@ -390,6 +411,27 @@ def test_auto_options_per_device() -> None:
         StepOptions(memory_budget=0.5).check(torch.device("cpu"))
     with pytest.raises(UserError, match="precision"):
         StepOptions(precision="fp8").check(torch.device("cpu"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("features", "precision", "why"), [
+    (CpuFeatures("AVX2", avx512_bf16=False, amx=False), "fp32", "fp32: this CPU (AVX2) has no avx512_bf16 or AMX, so bf16 would be emulated"),
+    (CpuFeatures("AVX512", avx512_bf16=True, amx=False), "bf16", "bf16: this CPU has avx512_bf16 (native bf16)"),
+    (CpuFeatures("AVX512", avx512_bf16=True, amx=True), "bf16", "bf16: this CPU has avx512_bf16 and AMX (native bf16)"),
+])
+def test_auto_precision_on_the_cpu_is_bf16_where_it_is_native(monkeypatch: pytest.MonkeyPatch, features: CpuFeatures, precision: str, why: str) -> None:
+    monkeypatch.setattr(step_module, "cpu_features", lambda: features)
+    assert default_precision("cpu") == (precision, why)
+    assert auto_step_options("cpu", steps=50) == StepOptions(precision=precision)  # type: ignore[arg-type]
+    assert auto_step_options("cpu", steps=50, precision="fp32") == StepOptions()  # asked for: kept
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="needs Linux's /proc/cpuinfo as the independent reference")
+def test_cpu_features_agree_with_the_kernels_cpu_flags() -> None:
+    flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split(":")[1].split())
+    cpu = cpu_features()
+    assert cpu.avx512_bf16 == ("avx512_bf16" in flags)
+    assert cpu.amx == ("amx_tile" in flags)
+    assert cpu.capability == torch.backends.cpu.get_cpu_capability()
 
 
 def test_warmup_calls_per_mode() -> None:

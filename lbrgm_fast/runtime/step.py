@@ -58,6 +58,7 @@ import torch
 from lbrgm_fast.config import GeneratorConfig
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.model import Generator
+from lbrgm_fast.runtime.devices import cpu_features
 from lbrgm_fast.runtime.profiler import Profiler
 
 StepOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -124,6 +125,26 @@ class StepOptions:
 MIN_STEPS_TO_COMPILE = 500
 
 
+def default_precision(device: torch.device | str) -> tuple[Precision, str]:
+    """The step's precision when none is asked for on `device`, and why (for notes and reports).
+
+    bf16 wherever the hardware runs it natively: CUDA GPUs that support it, and CPUs with
+    avx512_bf16 or AMX, where oneDNN's bf16 convolutions ran 1.3-3x faster than float32
+    (bench/RESULTS.md). Elsewhere float32: a CPU without them emulates bf16 (25x slower on an
+    AVX2 CPU).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "bf16: this GPU supports it"
+        return "fp32", "fp32: this GPU has no bf16"
+    cpu = cpu_features()
+    if cpu.native_bf16:
+        units = " and ".join(name for name, has in (("avx512_bf16", cpu.avx512_bf16), ("AMX", cpu.amx)) if has)
+        return "bf16", f"bf16: this CPU has {units} (native bf16)"
+    return "fp32", f"fp32: this CPU ({cpu.capability}) has no avx512_bf16 or AMX, so bf16 would be emulated"
+
+
 def auto_step_options(
     device: torch.device | str,
     *,
@@ -136,16 +157,15 @@ def auto_step_options(
     """Sensible options for `device` and a run of `steps` steps; an argument that is not None
     overrides its default.
 
-    CUDA: bf16 (fp32 on GPUs without bf16) and CUDA graphs. CPU: float32 — bf16 is emulated on
-    CPUs without avx512_bf16 / AMX and was 25x slower on the development machine. Both compile
-    unless the run is known to be shorter than `MIN_STEPS_TO_COMPILE` (a demo, a test): on the
-    CPU the compiled step was 1.13-1.46x faster at 64-256 px with 1-2 threads
-    (bench/results/loop.md), the rest being convolutions that compiling cannot speed up.
+    Precision: `default_precision` (bf16 where the GPU or CPU runs it natively, else fp32).
+    CUDA graphs on CUDA. Both devices compile unless the run is known to be shorter than
+    `MIN_STEPS_TO_COMPILE` (a demo, a test): compiling pays off only over many steps
+    (bench/RESULTS.md).
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
     if precision is None:
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        precision = default_precision(device)[0]
     if compile is None:
         compile = steps is None or steps >= MIN_STEPS_TO_COMPILE
     options = StepOptions(
