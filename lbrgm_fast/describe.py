@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,8 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def describe(path: str | Path) -> dict[str, Any]:
     """Describe an engine plan (a zip with an lbrgm manifest) or any supported checkpoint."""
-    p = Path(path)
-    if p.is_file() and zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
-            is_plan = "manifest.json" in zf.namelist()
-        if is_plan:
-            from lbrgm_fast.plan import read_plan
+    from lbrgm_fast.plan import is_plan, read_plan
 
-            return {"kind": "plan", **read_plan(p).describe()}
-    return describe_checkpoint(p)
+    if is_plan(path):
+        return {"kind": "plan", **read_plan(path).describe()}
+    return describe_checkpoint(path)

@@ -27,7 +27,7 @@ from lbrgm_fast.io import atomic_write
 from lbrgm_fast.model import Generator
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 
-__all__ = ["FORMAT", "GRAPHS", "MANIFEST", "VERSION", "Plan", "read_plan", "write_plan"]
+__all__ = ["FORMAT", "GRAPHS", "MANIFEST", "VERSION", "Plan", "is_plan", "read_plan", "write_plan"]
 
 FORMAT = "lbrgm-plan"
 VERSION = 1
@@ -69,6 +69,15 @@ def write_plan(path: str | Path, manifest: Mapping[str, Any], members: Mapping[s
     except OSError as exc:
         raise PlanError(f"cannot write plan '{target}': {exc.strerror or exc}") from None
     return target
+
+
+def is_plan(path: str | Path) -> bool:
+    """Whether `path` is an engine plan (a zip with a manifest), by content; not validated."""
+    p = Path(path)
+    if not (p.is_file() and zipfile.is_zipfile(p)):
+        return False
+    with zipfile.ZipFile(p) as archive:
+        return MANIFEST in archive.namelist()
 
 
 def read_plan(path: str | Path) -> Plan:
@@ -231,9 +240,7 @@ class Plan:
             raise _fail(self.path, f"its generator is invalid ({exc})") from None
         if result.config != self.config:
             raise _fail(self.path, "its generator does not match the manifest's config")
-        generator = Generator(result.config)
-        generator.load_state_dict(result.state_dict, strict=True)
-        return generator.eval().requires_grad_(False)
+        return Generator.from_state_dict(result.config, result.state_dict)
 
     def perceptual(self) -> VGG16Features:
         """φ at the plan's resolution (random backbones are marked so in the manifest)."""
