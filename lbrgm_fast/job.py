@@ -262,7 +262,7 @@ def write_outputs(
     prepared.outcome.timings = result.timings
     report = {
         "input": prepared.outcome.source,
-        "status": "done" if result.stopped[index] is None else "stopped",
+        "status": "done" if result.stopped[index] is None else "failed",
         "stopped": result.stopped[index],
         "notes": prepared.outcome.notes,
         "seed": options.seed,
