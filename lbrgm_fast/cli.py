@@ -96,7 +96,7 @@ class RichReporter:
         self._task = self._progress.add_task(self._label, total=steps, terms="", rate="")
         self._progress.start()
 
-    def progress(self, progress) -> None:  # noqa: ANN001 - lbrgm_fast.reconstruct.Progress
+    def progress(self, progress) -> None:  # noqa: ANN001 - lbrgm_fast.progress.ProgressReport
         if self.quiet or not self._label:
             return
         mean = lambda values: sum(values) / len(values)  # noqa: E731

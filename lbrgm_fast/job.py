@@ -22,14 +22,17 @@ import torch
 from lbrgm_fast.errors import ImageError, UserError
 from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, save_npz, write_json
 from lbrgm_fast.model import Generator
+from lbrgm_fast.objective import TERM_NAMES
 from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution, infer_factor
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 from lbrgm_fast.plots import plot_curves
-from lbrgm_fast.reconstruct import TERM_NAMES, Progress, ReconstructionResult, ReconstructionState, Reconstructor
+from lbrgm_fast.progress import ProgressReport
+from lbrgm_fast.reconstruct import ReconstructionResult, Reconstructor
 from lbrgm_fast.runtime import Profiler, resolve_device
 from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 from lbrgm_fast.runtime.host_memory import retained_host_memory
 from lbrgm_fast.runtime.step import auto_step_options
+from lbrgm_fast.state import ReconstructionState
 
 Task = Literal["inpaint", "superres", "project"]
 STATE_FILE = "state.pt"
@@ -75,10 +78,9 @@ class RunOptions:
     memory_budget: float = 1.0
     profile: Path | None = None
     #: CPU runs only: keep freed host memory in the process while the job runs, so the step
-    #: reuses its buffers instead of faulting fresh pages in every step (on the development CPU
-    #: 1.2-1.35x faster eager steps, 1.04-1.1x compiled; see `runtime.host_memory`). Off by
-    #: default in the library because it changes glibc's allocator settings for the whole
-    #: process; the CLI turns it on.
+    #: reuses its buffers instead of faulting fresh pages in every step (`runtime.host_memory`).
+    #: Off by default in the library because it changes glibc's allocator settings for the
+    #: whole process; the CLI turns it on.
     retain_host_memory: bool = False
 
 
@@ -104,7 +106,7 @@ class Reporter(Protocol):
 
     def batch_started(self, names: Sequence[str], steps: int) -> None: ...
 
-    def progress(self, progress: Progress) -> None: ...
+    def progress(self, progress: ProgressReport) -> None: ...
 
     def batch_finished(self) -> None: ...
 
@@ -116,7 +118,7 @@ class SilentReporter:
     def batch_started(self, names: Sequence[str], steps: int) -> None:
         pass
 
-    def progress(self, progress: Progress) -> None:
+    def progress(self, progress: ProgressReport) -> None:
         pass
 
     def batch_finished(self) -> None:
@@ -155,7 +157,7 @@ class PreparedInput:
     observation: torch.Tensor  # [3, h, w] in [0, 1]
     ground_truth: torch.Tensor | None
     factor: int | None
-    saved_state: dict | None = None  # this input's slice of an interrupted run (--resume)
+    saved_state: ReconstructionState | None = None  # this input's rows of an interrupted run (--resume)
 
 
 def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: InputOutcome, mask: torch.Tensor | None) -> PreparedInput:
@@ -281,45 +283,13 @@ def write_outputs(
 
 
 # ---------------------------------------------------------------------------------------------
-# Resume support: one state file per input, sliced out of / stacked into the batch state.
+# Resuming: one state file per input, its rows of the batch state (`ReconstructionState.slice`,
+# `stack`, `save`, `load`).
 
 
-def _slice_state(state: ReconstructionState, rows: slice) -> dict:
-    """One input's rows of a batch state (its restarts, when there are several)."""
-    pick = lambda t: None if t is None else t[rows].detach().cpu().clone()  # noqa: E731
-    optim = {
-        "state": {k: {n: (v.cpu().clone() if v.ndim == 0 else pick(v)) for n, v in st.items()} for k, st in state.optimizer.get("state", {}).items()},
-        "param_groups": state.optimizer.get("param_groups", []),
-    }
-    return {
-        "step": state.step, "w_plus": pick(state.w_plus), "z": pick(state.z), "optimizer": optim,
-        "best_w_plus": pick(state.best_w_plus), "best_z": pick(state.best_z), "best_score": pick(state.best_score),
-        "best_step": pick(state.best_step), "alive": pick(state.alive), "history_steps": list(state.history_steps),
-        "history": [h[:, rows].detach().cpu().clone() for h in state.history],
-    }
-
-
-def _stack_states(parts: list[dict]) -> ReconstructionState:
-    cat = lambda key: None if parts[0][key] is None else torch.cat([p[key] for p in parts])  # noqa: E731
-    first = parts[0]["optimizer"]
-    optim = {
-        "state": {
-            k: {n: (v if v.ndim == 0 else torch.cat([p["optimizer"]["state"][k][n] for p in parts])) for n, v in st.items()}
-            for k, st in first["state"].items()
-        },
-        "param_groups": first["param_groups"],
-    }
-    history = [torch.cat([p["history"][t] for p in parts], dim=1) for t in range(len(parts[0]["history"]))]
-    return ReconstructionState(
-        step=parts[0]["step"], w_plus=cat("w_plus"), z=cat("z"), optimizer=optim, best_w_plus=cat("best_w_plus"),
-        best_z=cat("best_z"), best_score=cat("best_score"), best_step=cat("best_step"), alive=cat("alive"),
-        history_steps=list(parts[0]["history_steps"]), history=history,
-    )
-
-
-def _load_state(path: Path) -> dict | None:
+def _load_state(path: Path) -> ReconstructionState | None:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return ReconstructionState.load(path)
     except Exception:  # noqa: BLE001 - a damaged state file only means starting over
         return None
 
@@ -461,7 +431,7 @@ def run_job(
                 item = prepare_input(path, options, resolution, outcome, mask)
                 if options.resume:
                     item.saved_state = _load_state(outcome.folder / STATE_FILE)
-                    saved_rows = None if item.saved_state is None else item.saved_state["w_plus"].shape[0]
+                    saved_rows = None if item.saved_state is None else item.saved_state.w_plus.shape[0]
                     if saved_rows not in (None, options.restarts):
                         raise UserError(f"{outcome.folder} was interrupted with --restarts {saved_rows}; "
                                         "resume it with the same --restarts (or use --overwrite)")
@@ -472,7 +442,7 @@ def run_job(
     # Batches share one operator: group super-resolution inputs by factor, resumed ones by step.
     groups: dict[tuple[int | None, int], list[PreparedInput]] = {}
     for p in prepared:
-        groups.setdefault((p.factor, (p.saved_state or {}).get("step", 0)), []).append(p)
+        groups.setdefault((p.factor, 0 if p.saved_state is None else p.saved_state.step), []).append(p)
     # One Reconstructor per kind of batch (with / without ground truth), kept for the whole job:
     # it reuses its compiled step and BRGM's prior statistics from one batch to the next.
     reconstructors: dict[bool, Reconstructor] = {}
@@ -518,19 +488,18 @@ def _run_batch(
         f.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
     resume = None
     if all(p.saved_state is not None for p in batch):
-        resume = _stack_states([p.saved_state for p in batch])  # type: ignore[misc]
+        resume = ReconstructionState.stack([p.saved_state for p in batch])  # type: ignore[misc]
         reporter.note(f"resuming {', '.join(p.outcome.name for p in batch)} at step {resume.step}")
 
     restarts = options.restarts  # the run's rows: input i's restarts are rows i*R ... i*R + R-1
 
     def save_states(state: ReconstructionState) -> None:
         for i, f in enumerate(folders):
-            part = _slice_state(state, slice(i * restarts, (i + 1) * restarts))
-            atomic_write(f / STATE_FILE, lambda fh, part=part: torch.save(part, fh))  # type: ignore[operator]
+            state.slice(slice(i * restarts, (i + 1) * restarts)).save(f / STATE_FILE)  # type: ignore[operator]
 
     frames: list[list[torch.Tensor]] = [[] for _ in range(len(batch) * restarts)]
 
-    def on_progress(progress: Progress) -> None:
+    def on_progress(progress: ProgressReport) -> None:
         reporter.progress(progress)
         if options.frames and progress.images is not None and progress.step % options.frames == 0:
             for i, img in enumerate(progress.images.cpu()):

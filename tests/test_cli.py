@@ -331,7 +331,7 @@ def test_benign_torch_warnings_are_dropped_and_others_kept(caplog: pytest.LogCap
 
 def test_progress_rate_is_the_steady_rate_after_compilation(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     from lbrgm_fast.cli import RichReporter
-    from lbrgm_fast.reconstruct import Progress
+    from lbrgm_fast.progress import ProgressReport
 
     # The first report arrives after a long compilation (t = 100 s), the next 20 steps later.
     times = [100.0, 110.0]
@@ -339,7 +339,7 @@ def test_progress_rate_is_the_steady_rate_after_compilation(monkeypatch: pytest.
     reporter = RichReporter(quiet=False)
     reporter.batch_started(["face"], steps=20)
     for step in (0, 20):
-        reporter.progress(Progress(step=step, steps=20, terms={"total": [1.0], "pixel": [2.0]}, score=None, best_step=[step]))
+        reporter.progress(ProgressReport(step=step, steps=20, terms={"total": [1.0], "pixel": [2.0]}, score=None, best_step=[step]))
     reporter.batch_finished()
     assert "face: step 20/20 loss 1 pix 2 2.00 steps/s" in capsys.readouterr().err
 
