@@ -21,15 +21,15 @@ import torch
 
 from lbrgm_fast.errors import ImageError, UserError
 from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, save_npz, write_json
-from lbrgm_fast.model import Generator
+from lbrgm_fast.loading import Models
+from lbrgm_fast.loading import load_models as load_source_models
 from lbrgm_fast.objective import TERM_NAMES
 from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution, infer_factor
-from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.perceptual import LpipsAlex
 from lbrgm_fast.plots import plot_curves
 from lbrgm_fast.progress import ProgressReport
 from lbrgm_fast.reconstruct import ReconstructionResult, Reconstructor
 from lbrgm_fast.runtime import Profiler, resolve_device
-from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 from lbrgm_fast.runtime.host_memory import retained_host_memory
 from lbrgm_fast.runtime.step import auto_step_options
 from lbrgm_fast.state import ReconstructionState
@@ -297,66 +297,17 @@ def _load_state(path: Path) -> ReconstructionState | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Models:
-    """What a job needs loaded once: the generator, φ and (optionally) the LPIPS monitor."""
-
-    generator: Generator
-    perceptual: VGG16Features | None
-    monitor: LpipsAlex | None
-    source: dict
-    notes: list[str] = field(default_factory=list)
-    engine: ForwardEngine | None = None  # forward-only phases; None: the torch modules
-    engine_report: dict = field(default_factory=dict)
-
-
 def load_models(options: RunOptions, device: torch.device, need_monitor: bool, reporter: Reporter | None = None) -> Models:
-    """Load the generator (checkpoint or engine plan), VGG16 for φ and AlexNet for the monitor,
-    and, from a plan, the forward engine `--forward-backend` asks for."""
-    from lbrgm_fast.checkpoints import read_checkpoint
-    from lbrgm_fast.model import Generator
-    from lbrgm_fast.weights import load_state_dict_file, resolve_weights
-
+    """The models `options` name (`--checkpoint` or `--engine`), with the monitor when
+    `need_monitor` (required with `--early-stop oracle`), from `loading.load_models`."""
     if bool(options.checkpoint) == bool(options.engine):
         raise UserError("give exactly one of --checkpoint CKPT or --engine PLAN")
-    notes: list[str] = []
-    if options.engine:
-        from lbrgm_fast.plan import read_plan
-        from lbrgm_fast.runtime.select import select_engine
-
-        plan = read_plan(options.engine)
-        generator = plan.generator().to(device).eval().requires_grad_(False)
-        perceptual = plan.perceptual().to(device)
-        monitor = plan.monitor() if need_monitor else None
-        monitor = None if monitor is None else monitor.to(device)
-        source = {"engine": str(options.engine), "source_sha256": plan.manifest["source_sha256"]}
-        selection = select_engine(
-            plan, options.forward_backend, device, reporter, torch_engine=TorchEngine(generator, perceptual, monitor),
-            lpips=monitor is not None,
-        )
-        notes.append(selection.reason)
-        return Models(generator, perceptual, monitor, source, notes, selection.engine, selection.describe())
-    if options.forward_backend not in ("auto", "torch"):
-        raise UserError(f"--forward-backend {options.forward_backend} runs exported graphs: build a plan with `lbrgm-fast build` and pass --engine PLAN")
-    ckpt = read_checkpoint(options.checkpoint)  # type: ignore[arg-type]
-    generator = Generator(ckpt.config)
-    generator.load_state_dict(ckpt.state_dict, strict=True)
-    source = {"checkpoint": str(options.checkpoint), "checkpoint_sha256": ckpt.sha256, "checkpoint_format": ckpt.format}
-    if not ckpt.has_w_avg:
-        notes.append("the checkpoint has no w_avg; it was estimated from 10,000 mapping samples")
-    perceptual = VGG16Features.from_torchvision_state_dict(load_state_dict_file(resolve_weights("vgg16", options.vgg16)))
-    monitor = None
-    if need_monitor:
-        try:
-            monitor = LpipsAlex.from_torchvision_state_dict(load_state_dict_file(resolve_weights("alexnet", options.alexnet)))
-        except UserError as exc:
-            if options.early_stop == "oracle":
-                raise
-            notes.append(f"no LPIPS(alex) monitor ({exc}); early stopping by held-out pixels instead")
-    generator = generator.to(device).eval().requires_grad_(False)
-    perceptual = perceptual.to(device)
-    monitor = None if monitor is None else monitor.to(device)
-    return Models(generator, perceptual, monitor, source, notes)
+    monitor = ("required" if options.early_stop == "oracle" else "optional") if need_monitor else "none"
+    return load_source_models(
+        options.engine or options.checkpoint,  # type: ignore[arg-type]
+        device, kind="plan" if options.engine else "checkpoint", vgg16=options.vgg16, alexnet=options.alexnet,
+        monitor=monitor, forward_backend=options.forward_backend, reporter=reporter,
+    )
 
 
 def run_job(

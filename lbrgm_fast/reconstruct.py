@@ -136,7 +136,7 @@ class Reconstructor:
 
     Usable on its own in a pipeline (no files, no CLI):
 
-        rec = Reconstructor(generator, perceptual, method="lbrgm", preset="authors")
+        rec = Reconstructor.from_checkpoint("ffhq.pkl", device="cuda", method="lbrgm")
         result = rec.run(observation, Inpainting.from_preset("eyes", 1024))
 
     Keep one for a stream of batches: it keeps the last run's latents, optimiser and step, so a
@@ -221,6 +221,41 @@ class Reconstructor:
         self._latents: _Latents | None = None
         self.engine: ForwardEngine = engine or TorchEngine(generator, perceptual, monitor)
         self.profiler = profiler or Profiler(self.device)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        source: str | Path,
+        device: torch.device | str = "auto",
+        *,
+        vgg16: str | Path | None = None,
+        alexnet: str | Path | None = None,
+        monitor: bool = True,
+        forward_backend: str = "auto",
+        **options: object,
+    ) -> Reconstructor:
+        """A Reconstructor on the networks of a checkpoint or an engine plan, in one call.
+
+        Args:
+            source: A generator checkpoint in any supported format (`lbrgm-fast info`), or an
+                engine plan made by `lbrgm-fast build` (told apart by content).
+            device: "cpu", "cuda" or "auto" (CUDA when available).
+            vgg16, alexnet: torchvision weight files for φ and the monitor (checkpoints only;
+                default: the torch hub cache, downloaded when missing and online).
+            monitor: Load the LPIPS(alex) monitor for the oracle rule when its weights are
+                available (a run with a ground truth then stops by LPIPS).
+            forward_backend: Plans: which backend runs the forward-only phases ("auto"
+                measures and picks per phase; see `runtime.select`).
+            **options: The constructor's other arguments (method, steps, step_options, ...).
+        """
+        from lbrgm_fast.loading import load_models
+        from lbrgm_fast.runtime import resolve_device
+
+        models = load_models(
+            source, resolve_device(str(device)), vgg16=vgg16, alexnet=alexnet,
+            monitor="optional" if monitor else "none", forward_backend=forward_backend,
+        )
+        return cls(models.generator, models.perceptual, monitor=models.monitor, engine=models.engine, **options)  # type: ignore[arg-type]
 
     def settings_for(self, operator: Operator) -> MethodSettings:
         if self.settings is not None:

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from typer.testing import CliRunner
 
 from lbrgm_fast.cli import app
 from lbrgm_fast.demo import run_demo
-from lbrgm_fast.perceptual import VGG16Features
 
 from reference import FIXTURES, nvidia_generator
+from torchvision_weights import random_weight_files
 
 PICKLE = FIXTURES / "stylegan2-ada" / "tiny32" / "network-snapshot.pkl"
 runner = CliRunner()
@@ -25,12 +24,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Seeded random VGG16 / AlexNet files in torchvision's key layout (no download here)."""
-    folder = tmp_path_factory.mktemp("weights")
-    vgg = {f"features.{k}": v for k, v in VGG16Features.random(0).layers.state_dict().items()}
-    torch.save(vgg, folder / "vgg16.pth")
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), folder / "alexnet.pth")
-    return {"vgg16": str(folder / "vgg16.pth"), "alexnet": str(folder / "alexnet.pth")}
+    return random_weight_files(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
