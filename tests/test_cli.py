@@ -212,6 +212,34 @@ def test_bench_bad_options_are_one_line_exit_2(args: list[str], message: str) ->
     assert message in result.output and "Traceback" not in result.output
 
 
+def test_every_run_option_reaches_run_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every `run` option but --quiet / --json reaches RunOptions under its own name, without a
+    # hand-written copy of each: a new option needs only its parameter and its field.
+    import inspect
+    from dataclasses import fields
+
+    from lbrgm_fast import cli
+    from lbrgm_fast.job import RunOptions
+
+    parameters = set(inspect.signature(cli.run).parameters) - {"quiet", "json_out"}
+    assert parameters <= {f.name for f in fields(RunOptions)}
+    seen: list = []
+    monkeypatch.setattr("lbrgm_fast.job.run_job", lambda options, reporter: seen.append(options) or [])
+    result = invoke("run", "x.png", "--mask-preset", "eyes", "--steps", "7", "--no-compile", "--batch-size", "3", "--quiet")
+    assert result.exit_code == 0, result.output
+    # The CLI keeps freed host memory by default, the library does not (RunOptions).
+    assert seen == [RunOptions(inputs=["x.png"], mask_preset="eyes", steps=7, compile=False, batch_size=3, retain_host_memory=True)]
+
+
+def test_help_groups_run_options_and_shows_no_type_for_flags() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for panel in ("Task", "Method", "Early stopping", "Speed", "Input / output"):
+        assert f"─ {panel} ─" in result.output
+    assert "<bool>" not in result.output and "<int>" in result.output
+    assert "<bool>" not in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+
+
 def test_mask_files_wrong_size_or_empty(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
     small = tmp_path / "small.png"
     Image.fromarray(np.full((16, 16), 255, np.uint8)).save(small)
