@@ -111,6 +111,7 @@ def optimise(
     score: Callable[[torch.Tensor], torch.Tensor],
     reports: Reports,
     checkpoint: Callable[[ReconstructionState], bool],
+    *,
     steps: int,
     log_every: int,
 ) -> None:

@@ -239,7 +239,7 @@ class Reconstructor:
         Args:
             source: A generator checkpoint in any supported format (`lbrgm-fast info`), or an
                 engine plan made by `lbrgm-fast build` (told apart by content).
-            device: "cpu", "cuda" or "auto" (CUDA when available).
+            device: "cpu", "cuda", "auto" (CUDA when available) or a torch.device.
             vgg16, alexnet: torchvision weight files for φ and the monitor (checkpoints only;
                 default: the torch hub cache, downloaded when missing and online).
             monitor: Load the LPIPS(alex) monitor for the oracle rule when its weights are
@@ -252,7 +252,7 @@ class Reconstructor:
         from lbrgm_fast.runtime import resolve_device
 
         models = load_models(
-            source, resolve_device(str(device)), vgg16=vgg16, alexnet=alexnet,
+            source, device if isinstance(device, torch.device) else resolve_device(device), vgg16=vgg16, alexnet=alexnet,
             monitor="optional" if monitor else "none", forward_backend=forward_backend,
         )
         return cls(models.generator, models.perceptual, monitor=models.monitor, engine=models.engine, **options)  # type: ignore[arg-type]
@@ -365,7 +365,8 @@ class Reconstructor:
             profile = step = StepProfile(step, PROFILED_STEPS, self.profile_dir, skip=self.step_options.warmup_calls)
         with prof.phase("optimise"):
             try:
-                optimise(objective, latents.w_plus, latents.z, step, state, score, reports, checkpoint, self.steps, self.log_every)
+                optimise(objective, latents.w_plus, latents.z, step, state, score, reports, checkpoint,
+                         steps=self.steps, log_every=self.log_every)
             finally:
                 if profile is not None:
                     # However the loop ended: a run that ends or stops early keeps what it recorded.

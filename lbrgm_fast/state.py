@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from lbrgm_fast.objective import TERM_NAMES
 
 #: The row of the early-stopping score in each history entry, after the loss terms.
 SCORE = len(TERM_NAMES)
+#: The state's tensors with one row per sample along their first dimension (z and best_z may be None).
+_BATCH_FIRST = ("w_plus", "z", "best_w_plus", "best_z", "best_score", "best_step", "alive")
 
 RowMap = Callable[[list[torch.Tensor], int], torch.Tensor]
 
@@ -142,9 +145,9 @@ class ReconstructionState:
         Adam's settings come from the first part."""
         first = parts[0]
 
-        def per_row(get: Callable[[ReconstructionState], torch.Tensor | None], dim: int = 0) -> torch.Tensor | None:
-            tensors = [get(p) for p in parts]
-            return None if tensors[0] is None else rows(tensors, dim)  # type: ignore[arg-type]
+        def per_row(name: str) -> Any:
+            tensors = [getattr(p, name) for p in parts]
+            return None if tensors[0] is None else rows(tensors, 0)
 
         def adam_entry(key: object, name: str, tensor: torch.Tensor) -> torch.Tensor:
             if cls._is_shared(tensor):
@@ -156,16 +159,8 @@ class ReconstructionState:
                       for key, entry in first.optimizer.get("state", {}).items()},
             "param_groups": first.optimizer.get("param_groups", []),
         }
+        history = [rows([p.history[t] for p in parts], 1) for t in range(len(first.history))]
         return cls(
-            step=first.step,
-            w_plus=per_row(lambda p: p.w_plus),  # type: ignore[arg-type]
-            z=per_row(lambda p: p.z),
-            optimizer=optimizer,
-            best_w_plus=per_row(lambda p: p.best_w_plus),  # type: ignore[arg-type]
-            best_z=per_row(lambda p: p.best_z),
-            best_score=per_row(lambda p: p.best_score),  # type: ignore[arg-type]
-            best_step=per_row(lambda p: p.best_step),  # type: ignore[arg-type]
-            alive=per_row(lambda p: p.alive),  # type: ignore[arg-type]
-            history_steps=list(first.history_steps),
-            history=[per_row(lambda p, t=t: p.history[t], dim=1) for t in range(len(first.history))],  # type: ignore[misc]
+            step=first.step, optimizer=optimizer, history_steps=list(first.history_steps), history=history,
+            **{name: per_row(name) for name in _BATCH_FIRST},
         )
