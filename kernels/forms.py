@@ -9,8 +9,7 @@ folded into its weight. `compiler_forms()` says which one to trace.
 Graphs exported for ONNX Runtime and TensorRT want the convolution forms (one convolution node
 runs better there than a chain of small ones, and these runtimes fuse around convolutions
 themselves), so the exporter traces under `convolution_forms()`. The flag is ours rather than
-`torch.compiler.is_exporting()`, which torch.compile itself answered True in torch 2.11 (seen
-on the GPU machine: the compiled step kept the convolution forms).
+`torch.compiler.is_exporting()`, which some torch versions also answer True under torch.compile.
 """
 
 from __future__ import annotations

@@ -10,14 +10,10 @@ The filtering has two equal forms (see forms.py for who gets which):
 * a sum of shifted slices along each axis, which Inductor fuses with the padding into one or
   two memory-bound kernels, backward included.
 
-Measured. GPU (H200, compiled bf16 step at 1024 px, batch 8, 62.3 ms per step): cuDNN runs the
-depthwise convolution with a direct NCHW kernel (15 ms per step forward, 10 ms input gradient)
-plus layout transforms around it; the forward filter at 1024 px alone ([8, 32, 1027, 1027])
-took 14.2 ms. With the sliced form (and ToRGB's fused form of the time, modulated_conv.py) the
-batch-1 step with CUDA graphs went from 9.3 to 6.2 ms, and batch 8 from 61.5 to 35.1 ms.
-CPU (1 thread, fp32, [1, 128, 258, 258], forward + backward): compiled convolution 473 ms,
-compiled slices 216 ms; eagerly the slices lose (seven ops and their temporaries per axis
-instead of one kernel: 1198 ms against the convolution's 343 ms).
+Compiled, the sliced form is the faster one on the GPU (cuDNN runs the depthwise convolution
+with a direct NCHW kernel and layout transforms around it) and on the CPU; run op by op, the
+convolution wins (the slices cost seven ops and their temporaries per axis). Measurements:
+bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 The public API, for pipelines that embed the method:
 
-    from lbrgm_fast import load_generator, Reconstructor, Inpainting, VGG16Features
-    G = load_generator("ffhq.pkl", device="cuda")
-    rec = Reconstructor(G, VGG16Features.pretrained().cuda())
-    result = rec.run(observation, Inpainting.from_preset("eyes", G.img_resolution))
+    from lbrgm_fast import Reconstructor, Inpainting
+    rec = Reconstructor.from_checkpoint("ffhq.pkl", device="cuda")   # or an engine plan
+    result = rec.run(observation, Inpainting.from_preset("eyes", rec.generator.img_resolution))
+
+To read the method: objective.py (J), loop.py (start, Adam step, keep the best).
 """
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """`lbrgm-fast bench`: how fast the L-BRGM gradient loop runs on this machine.
 
 For each model shape, batch size and step mode it times the real step — the `Objective` of
-reconstruct.py with L-BRGM's settings on the "eyes" inpainting operator, Adam from
-`make_optimizer`, the step from `make_step` — and reports ms per step, image-steps per second,
+objective.py with L-BRGM's settings on the "eyes" inpainting operator, Adam from
+`make_optimizer`, `loop.AdamStep` run by `make_step` — and reports ms per step, image-steps per second,
 peak memory, achieved TFLOP/s and the speed-up over the eager float32 step measured in the same
 run. Weights are random (seeded): speed does not depend on their values, and the package must
 not depend on the test fixtures.
@@ -14,8 +14,8 @@ Timing: every mode of a shape and batch size is built and warmed up first, then 
 are timed in turn, round after round, so that a busy spell on a shared machine slows them
 alike; on the CPU a round is one step per mode, on CUDA an unsynchronised block of steps, as in
 the real loop; the median over the rounds is reported. Steps that compile or capture are
-excluded and reported as `compile_seconds` (a mode after the first compiled one reuses its
-compiled code, so its figure is the capture alone). FLOPs come from `torch.utils.flop_counter`
+excluded and reported as `compile_seconds` (each compiled mode compiles its own step; Inductor's
+cache spares a later mode code generation that an earlier one did). FLOPs come from `torch.utils.flop_counter`
 over one eager forward and backward pass (convolutions and matrix products; Adam's element-wise
 update is not counted).
 
@@ -46,7 +46,8 @@ from lbrgm_fast.methods import method_settings
 from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
-from lbrgm_fast.reconstruct import Objective, generator_to_255
+from lbrgm_fast.loop import AdamStep
+from lbrgm_fast.objective import TOTAL, Objective, generator_to_255
 from lbrgm_fast.runtime.devices import cpu_features, resolve_device
 from lbrgm_fast.runtime.host_memory import (
     release_freed_host_memory,
@@ -175,7 +176,7 @@ def _count_flops(objective: Objective, w0: torch.Tensor, z0: torch.Tensor) -> in
     w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
     with FlopCounterMode(display=False) as counter:
         terms, _ = objective(w, z)
-        terms[0].sum().backward()
+        terms[TOTAL].sum().backward()
     return counter.get_total_flops()
 
 
@@ -261,14 +262,13 @@ def _held_memory(device: torch.device) -> int:
     return _process_status_bytes("VmRSS") or 0
 
 
-def _prepare(problem: _Problem, mode: str, device: torch.device, baseline_memory: int, first_compiled: bool) -> _PreparedMode:
-    """Build a fresh optimiser and step for `mode` and warm it up (compiling / capturing).
+def _prepare(problem: _Problem, mode: str, device: torch.device, baseline_memory: int) -> _PreparedMode:
+    """Build a new optimiser and step for `mode` and warm it up (compiling / capturing).
 
     The peak memory is that of the warm-up, less what the modes prepared before this one still
     hold (memory held now beyond `baseline_memory`), so each mode's figure is what it would
-    need on its own. Only the first compiled mode starts Dynamo's cache afresh; the later ones
-    keep the earlier modes' compiled code, which would otherwise be compiled again inside the
-    timed rounds.
+    need on its own. Each compiled mode keeps its own compiled code, which preparing the next
+    mode leaves in place.
     """
     options = parse_mode(mode)
     gc.collect()
@@ -283,7 +283,7 @@ def _prepare(problem: _Problem, mode: str, device: torch.device, baseline_memory
     w = problem.w0.clone().requires_grad_(True)
     z = problem.z0.clone().requires_grad_(True)
     optimizer = make_optimizer([w, z], objective.settings.lr, objective.settings.betas, options, device)
-    step = make_step(objective, optimizer, w, z, options, fresh=first_compiled)
+    step = make_step(AdamStep(optimizer, w, z, options.precision), objective, options)
     _sync(device)
     start = time.perf_counter()
     # One more than the compile / capture calls, so that first-touch costs (allocator,
@@ -313,7 +313,7 @@ def _result(prepared: _PreparedMode, problem: _Problem, device: torch.device) ->
         # What compiling / capturing cost beyond the steps it ran.
         "compile_seconds": max(prepared.warmup_seconds - (calls + 1) * seconds, 0.0) if calls else 0.0,
         # A sanity check read after timing: a mode whose loss overflowed is not a fast mode.
-        "loss_finite": bool(torch.isfinite(prepared.step()[0][0]).all()),
+        "loss_finite": bool(torch.isfinite(prepared.step()[0][TOTAL]).all()),
     }
 
 
@@ -332,8 +332,7 @@ def _measure_modes(
     baseline_memory = _held_memory(device)
     prepared: list[_PreparedMode] = []
     for mode in modes:
-        first_compiled = parse_mode(mode).compile and not any(p.options.compile for p in prepared)
-        prepared.append(_prepare(problem, mode, device, baseline_memory, first_compiled))
+        prepared.append(_prepare(problem, mode, device, baseline_memory))
     rounds, block = (CUDA_ROUNDS, steps) if device.type == "cuda" else (steps, 1)
     # One untimed round: preparing the later modes handed the earlier ones' freed memory back
     # (`_held_memory`), and faulting it in again belongs in no timed round.

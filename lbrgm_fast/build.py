@@ -164,9 +164,7 @@ def build_plan(
         raise UserError(f"cannot write plan '{output}': folder {output.parent} does not exist")
 
     ckpt = read_checkpoint(checkpoint)
-    generator = Generator(ckpt.config)
-    generator.load_state_dict(ckpt.state_dict, strict=True)
-    generator.eval().requires_grad_(False)
+    generator = Generator.from_state_dict(ckpt.config, ckpt.state_dict)
     perceptual, monitor, perceptual_entry, monitor_entry = _load_perceptual(
         vgg16, alexnet, random_perceptual_seed, perceptual_resolution, reporter
     )

@@ -13,24 +13,18 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from lbrgm_fast.errors import UserError
 
-app = typer.Typer(
-    name="lbrgm-fast",
-    help="Restore damaged images (missing regions, low resolution) by StyleGAN2 inversion with L-BRGM.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 stdout = Console()
 RETAIN_HOST_MEMORY_HELP = (
     "CPU runs: keep freed memory in the process between steps instead of faulting fresh pages in "
@@ -38,6 +32,41 @@ RETAIN_HOST_MEMORY_HELP = (
 )
 # soft_wrap: a message stays one line (greppable), the terminal wraps it for display.
 stderr = Console(stderr=True, soft_wrap=True)
+BATCH_SIZE_HELP = (
+    "Images optimised together: the same results as one by one up to rounding (batched convolutions "
+    "sum in another order; the tests bound the difference by 1e-2 on w+, z and the [0, 1] images)."
+)
+
+
+class _FlagsWithoutType:
+    """Help that shows no type for flags (`--quiet`, `--compile/--no-compile`, `--help`):
+    typer 0.29 formats help with its own copy of click, which gives every option without a
+    metavar a type column, `<bool>` for flags included (click itself shows none)."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc] # the help option too
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class FlagCommand(_FlagsWithoutType, TyperCommand):
+    pass
+
+
+class FlagGroup(_FlagsWithoutType, TyperGroup):
+    pass
+
+
+app = typer.Typer(
+    name="lbrgm-fast",
+    help="Restore damaged images (missing regions, low resolution) by StyleGAN2 inversion with L-BRGM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    cls=FlagGroup,
+)
 
 
 @contextmanager
@@ -98,7 +127,7 @@ class RichReporter:
         self._task = self._progress.add_task(self._label, total=steps, terms="", rate="")
         self._progress.start()
 
-    def progress(self, progress) -> None:  # noqa: ANN001 - lbrgm_fast.reconstruct.Progress
+    def progress(self, progress) -> None:  # noqa: ANN001 - lbrgm_fast.progress.ProgressReport
         if self.quiet or not self._label:
             return
         mean = lambda values: sum(values) / len(values)  # noqa: E731
@@ -155,62 +184,63 @@ def _summary_table(outcomes: list) -> Table:  # noqa: ANN001
     return table
 
 
-@app.command()
+#: `run`'s help panels, in the order `--help` shows them.
+TASK, METHOD, EARLY_STOP, SPEED, FILES = "Task", "Method", "Early stopping", "Speed", "Input / output"
+
+
+@app.command(cls=FlagCommand)
 def run(
     inputs: Annotated[list[str], typer.Argument(help="Images, folders or globs. Each input gets its own folder under --out.")],
-    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="StyleGAN2 checkpoint (NVIDIA .pkl, rosinality .pt, lbrgm .safetensors).")] = None,
-    engine: Annotated[Optional[str], typer.Option(help="Engine plan made by `lbrgm-fast build` (instead of --checkpoint).")] = None,
-    task: Annotated[str, typer.Option(help="inpaint | superres | project.")] = "inpaint",
-    mask: Annotated[Optional[str], typer.Option(help="Mask PNG the size of the image; its darkest value marks missing pixels.")] = None,
-    mask_preset: Annotated[Optional[str], typer.Option(help="BRGM mask: right-half, left-half, eyes, bar, top-right, mouth, bottom-half.")] = None,
-    invert_mask: Annotated[bool, typer.Option(help="Swap missing and kept pixels of --mask.")] = False,
-    factor: Annotated[Optional[int], typer.Option(help="Super-resolution factor (default: from the input's size).")] = None,
-    kernel: Annotated[str, typer.Option(help="Downsampling kernel: bicubic (BRGM), area, bicubic-aa.")] = "bicubic",
-    degrade: Annotated[bool, typer.Option(help="Inputs are clean images: make the observation with the operator and use them as ground truth.")] = False,
-    ground_truth: Annotated[Optional[str], typer.Option(help="Clean image (or folder of same-named images) for metrics and oracle early stopping.")] = None,
-    method: Annotated[str, typer.Option(help="lbrgm | brgm | none.")] = "lbrgm",
-    preset: Annotated[str, typer.Option(help="L-BRGM settings: authors (default, the published numbers) | paper (the paper's text).")] = "authors",
-    steps: Annotated[int, typer.Option(help="Adam steps.")] = 2000,
-    candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed for the candidates and the held-out pixels.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Images optimised together (same results as one by one).")] = 1,
-    restarts: Annotated[int, typer.Option(help="Independent runs of each image (seeds seed … seed+N-1), optimised together in one batch; the one the early-stopping score rates best is kept.")] = 1,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
-    early_stop: Annotated[str, typer.Option(help="auto | oracle (LPIPS vs ground truth) | holdout (held-out pixels) | none.")] = "auto",
-    log_every: Annotated[int, typer.Option(help="Steps between progress updates and best-iterate checks.")] = 10,
-    frames: Annotated[int, typer.Option(help="Save a progress frame every N steps and a GIF (0: off).")] = 0,
-    vgg16: Annotated[Optional[str], typer.Option(help="torchvision VGG16 weights (vgg16-397923af.pth).")] = None,
-    alexnet: Annotated[Optional[str], typer.Option(help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth).")] = None,
-    strict: Annotated[bool, typer.Option(help="Wrongly sized or non-square images are errors instead of being cropped/resized.")] = False,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("lbrgm-out"),
-    overwrite: Annotated[bool, typer.Option(help="Replace existing results.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue interrupted runs from their saved state.")] = False,
-    forward_backend: Annotated[str, typer.Option(help="Candidate scoring and LPIPS monitoring on: auto | torch | onnxruntime | tensorrt (the last two need --engine).")] = "auto",
-    compile_step: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on for runs of 500+ steps; the first compile takes minutes on a CPU).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 where the GPU or CPU runs it natively — avx512_bf16 or AMX on CPUs — else fp32).")] = None,
-    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the step as a CUDA graph (default: on with CUDA).")] = None,
-    memory_budget: Annotated[float, typer.Option(help="Fraction (0, 1] of the activations the compiled step keeps for its backward pass; lower recomputes the rest (for large --batch-size).")] = 1.0,
-    profile: Annotated[Optional[Path], typer.Option(help="Write a torch profiler trace of a few steps into this folder.")] = None,
-    retain_host_memory: Annotated[bool, typer.Option(help=RETAIN_HOST_MEMORY_HELP)] = True,
-    deterministic: Annotated[bool, typer.Option(help="Bitwise-identical results for a seed on any CPU and thread count, on one thread (slower). CPU only.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    # -- task
+    task: Annotated[str, typer.Option(help="inpaint | superres | project.", rich_help_panel=TASK)] = "inpaint",
+    mask: Annotated[Optional[str], typer.Option(help="Mask PNG the size of the image; its darkest value marks missing pixels.", rich_help_panel=TASK)] = None,
+    mask_preset: Annotated[Optional[str], typer.Option(help="BRGM mask: right-half, left-half, eyes, bar, top-right, mouth, bottom-half.", rich_help_panel=TASK)] = None,
+    invert_mask: Annotated[bool, typer.Option(help="Swap missing and kept pixels of --mask.", rich_help_panel=TASK)] = False,
+    factor: Annotated[Optional[int], typer.Option(help="Super-resolution factor (default: from the input's size).", rich_help_panel=TASK)] = None,
+    kernel: Annotated[str, typer.Option(help="Downsampling kernel: bicubic (BRGM), area, bicubic-aa.", rich_help_panel=TASK)] = "bicubic",
+    degrade: Annotated[bool, typer.Option(help="Inputs are clean images: make the observation with the operator and use them as ground truth.", rich_help_panel=TASK)] = False,
+    ground_truth: Annotated[Optional[str], typer.Option(help="Clean image (or folder of same-named images) for metrics and oracle early stopping.", rich_help_panel=TASK)] = None,
+    # -- method
+    method: Annotated[str, typer.Option(help="lbrgm | brgm | none.", rich_help_panel=METHOD)] = "lbrgm",
+    preset: Annotated[str, typer.Option(help="L-BRGM settings: authors (default, the published numbers) | paper (the paper's text).", rich_help_panel=METHOD)] = "authors",
+    steps: Annotated[int, typer.Option(help="Adam steps.", rich_help_panel=METHOD)] = 2000,
+    candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.", rich_help_panel=METHOD)] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for the candidates and the held-out pixels.", rich_help_panel=METHOD)] = 0,
+    restarts: Annotated[int, typer.Option(help="Independent runs of each image (seeds seed … seed+N-1), optimised together in one batch; the one the early-stopping score rates best is kept.", rich_help_panel=METHOD)] = 1,
+    # -- early stopping
+    early_stop: Annotated[str, typer.Option(help="auto | oracle (LPIPS vs ground truth) | holdout (held-out pixels) | none.", rich_help_panel=EARLY_STOP)] = "auto",
+    log_every: Annotated[int, typer.Option(help="Steps between progress updates and best-iterate checks.", rich_help_panel=EARLY_STOP)] = 10,
+    # -- speed
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.", rich_help_panel=SPEED)] = "auto",
+    batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP, rich_help_panel=SPEED)] = 1,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on for runs of 500+ steps; the first compile takes minutes on a CPU).", rich_help_panel=SPEED)] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 where the GPU or CPU runs it natively — avx512_bf16 or AMX on CPUs — else fp32).", rich_help_panel=SPEED)] = None,
+    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the step as a CUDA graph (default: on with CUDA).", rich_help_panel=SPEED)] = None,
+    memory_budget: Annotated[float, typer.Option(help="Fraction (0, 1] of the activations the compiled step keeps for its backward pass; lower recomputes the rest (for large --batch-size).", rich_help_panel=SPEED)] = 1.0,
+    forward_backend: Annotated[str, typer.Option(help="Candidate scoring and LPIPS monitoring on: auto | torch | onnxruntime | tensorrt (the last two need --engine).", rich_help_panel=SPEED)] = "auto",
+    retain_host_memory: Annotated[bool, typer.Option(help=RETAIN_HOST_MEMORY_HELP, rich_help_panel=SPEED)] = True,
+    profile: Annotated[Optional[Path], typer.Option(help="Write a torch profiler trace of a few steps into this folder.", rich_help_panel=SPEED)] = None,
+    deterministic: Annotated[bool, typer.Option(help="Bitwise-identical results for a seed on any CPU and thread count, on one thread (slower). CPU only.", rich_help_panel=SPEED)] = False,
+    # -- input / output
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="StyleGAN2 checkpoint (NVIDIA .pkl, rosinality .pt, lbrgm .safetensors).", rich_help_panel=FILES)] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Engine plan made by `lbrgm-fast build` (instead of --checkpoint).", rich_help_panel=FILES)] = None,
+    vgg16: Annotated[Optional[str], typer.Option(help="torchvision VGG16 weights (vgg16-397923af.pth).", rich_help_panel=FILES)] = None,
+    alexnet: Annotated[Optional[str], typer.Option(help="torchvision AlexNet weights (alexnet-owt-7be5be79.pth).", rich_help_panel=FILES)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.", rich_help_panel=FILES)] = Path("lbrgm-out"),
+    overwrite: Annotated[bool, typer.Option(help="Replace existing results.", rich_help_panel=FILES)] = False,
+    resume: Annotated[bool, typer.Option(help="Continue interrupted runs from their saved state.", rich_help_panel=FILES)] = False,
+    strict: Annotated[bool, typer.Option(help="Wrongly sized or non-square images are errors instead of being cropped/resized.", rich_help_panel=FILES)] = False,
+    frames: Annotated[int, typer.Option(help="Save a progress frame every N steps and a GIF (0: off).", rich_help_panel=FILES)] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.", rich_help_panel=FILES)] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.", rich_help_panel=FILES)] = False,
 ) -> None:
     """Restore images with L-BRGM (or BRGM, or no prior)."""
     from lbrgm_fast.io import json_text
     from lbrgm_fast.job import RunOptions, run_job
 
+    given = locals()  # the parameters above: each one but --quiet and --json is a RunOptions field
     with user_errors():
-        options = RunOptions(
-            inputs=inputs, out=out, checkpoint=checkpoint, engine=engine, task=task, mask=mask,  # type: ignore[arg-type]
-            mask_preset=mask_preset, invert_mask=invert_mask, factor=factor, kernel=kernel, degrade=degrade,
-            ground_truth=ground_truth, method=method, preset=preset, steps=steps, candidates=candidates, seed=seed,
-            batch_size=batch_size, restarts=restarts, device=device, early_stop=early_stop, log_every=log_every, frames=frames,
-            vgg16=vgg16, alexnet=alexnet, strict=strict, overwrite=overwrite, resume=resume,
-            forward_backend=forward_backend, compile=compile_step, precision=precision, cuda_graphs=cuda_graphs,
-            memory_budget=memory_budget, profile=profile, retain_host_memory=retain_host_memory,
-            deterministic=deterministic,
-        )
+        options = RunOptions(**{f.name: given[f.name] for f in fields(RunOptions) if f.name in given})
         outcomes = run_job(options, RichReporter(quiet or json_out))
     for o in outcomes:
         if o.status != "done":
@@ -225,7 +255,7 @@ def run(
         raise typer.Exit(2)
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("lbrgm-demo"),
     steps: Annotated[int, typer.Option(help="Adam steps per method.")] = 200,
@@ -251,7 +281,7 @@ def demo(
     stderr.print(f"side by side: [bold]{summary['comparison']}[/]\nfiles: {out}/")
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def info(
     path: Annotated[str, typer.Argument(help="A checkpoint or an engine plan.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
@@ -273,7 +303,7 @@ def info(
     stdout.print(table)
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def convert(
     source: Annotated[str, typer.Argument(help="A supported checkpoint.")],
     output: Annotated[Path, typer.Argument(help="Where to write the lbrgm .safetensors checkpoint.")],
@@ -289,7 +319,7 @@ def convert(
     stderr.print(f"wrote {output}")
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def build(
     checkpoint: Annotated[str, typer.Argument(help="A supported StyleGAN2 checkpoint.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The plan file to write, e.g. ffhq1024.plan.")],
@@ -311,7 +341,7 @@ def build(
     stderr.print(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def bench(
     shape: Annotated[str, typer.Option(help="Comma-separated: tiny32, ffhqlike64, ffhq256, ffhq1024.")] = "ffhqlike64",
     modes: Annotated[Optional[str], typer.Option(help="Comma-separated {eager|compiled}-{fp32|bf16|fp16}[-graphs] (default per device).")] = None,

@@ -21,17 +21,20 @@ import torch
 
 from lbrgm_fast.errors import ImageError, UserError
 from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, save_npz, write_json
-from lbrgm_fast.model import Generator
+from lbrgm_fast.loading import Models
+from lbrgm_fast.loading import load_models as load_source_models
+from lbrgm_fast.objective import TERM_NAMES
 from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution, infer_factor
-from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.perceptual import LpipsAlex
 from lbrgm_fast.plots import plot_curves
-from lbrgm_fast.reconstruct import TERM_NAMES, Progress, ReconstructionResult, ReconstructionState, Reconstructor
+from lbrgm_fast.progress import ProgressReport
+from lbrgm_fast.reconstruct import ReconstructionResult, Reconstructor
 from lbrgm_fast.runtime import Profiler, resolve_device
-from lbrgm_fast.runtime.engines import ForwardEngine, TorchEngine
 from lbrgm_fast.runtime import reproducibility
-from lbrgm_fast.runtime.host_memory import retained_host_memory
 from lbrgm_fast.runtime.devices import cpu_features
+from lbrgm_fast.runtime.host_memory import retained_host_memory
 from lbrgm_fast.runtime.step import auto_step_options, default_precision
+from lbrgm_fast.state import ReconstructionState
 
 Task = Literal["inpaint", "superres", "project"]
 STATE_FILE = "state.pt"
@@ -77,10 +80,9 @@ class RunOptions:
     memory_budget: float = 1.0
     profile: Path | None = None
     #: CPU runs only: keep freed host memory in the process while the job runs, so the step
-    #: reuses its buffers instead of faulting fresh pages in every step (on the development CPU
-    #: 1.2-1.35x faster eager steps, 1.04-1.1x compiled; see `runtime.host_memory`). Off by
-    #: default in the library because it changes glibc's allocator settings for the whole
-    #: process; the CLI turns it on.
+    #: reuses its buffers instead of faulting fresh pages in every step (`runtime.host_memory`).
+    #: Off by default in the library because it changes glibc's allocator settings for the
+    #: whole process; the CLI turns it on.
     retain_host_memory: bool = False
     #: Bitwise-identical results on any CPU and thread count, on one thread
     #: (`runtime.reproducibility`); otherwise the default promise.
@@ -109,7 +111,7 @@ class Reporter(Protocol):
 
     def batch_started(self, names: Sequence[str], steps: int) -> None: ...
 
-    def progress(self, progress: Progress) -> None: ...
+    def progress(self, progress: ProgressReport) -> None: ...
 
     def batch_finished(self) -> None: ...
 
@@ -121,7 +123,7 @@ class SilentReporter:
     def batch_started(self, names: Sequence[str], steps: int) -> None:
         pass
 
-    def progress(self, progress: Progress) -> None:
+    def progress(self, progress: ProgressReport) -> None:
         pass
 
     def batch_finished(self) -> None:
@@ -160,7 +162,7 @@ class PreparedInput:
     observation: torch.Tensor  # [3, h, w] in [0, 1]
     ground_truth: torch.Tensor | None
     factor: int | None
-    saved_state: dict | None = None  # this input's slice of an interrupted run (--resume)
+    saved_state: ReconstructionState | None = None  # this input's rows of an interrupted run (--resume)
 
 
 def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: InputOutcome, mask: torch.Tensor | None) -> PreparedInput:
@@ -267,7 +269,7 @@ def write_outputs(
     prepared.outcome.timings = result.timings
     report = {
         "input": prepared.outcome.source,
-        "status": "done" if result.stopped[index] is None else "stopped",
+        "status": "done" if result.stopped[index] is None else "failed",
         "stopped": result.stopped[index],
         "notes": prepared.outcome.notes,
         "seed": options.seed,
@@ -286,45 +288,13 @@ def write_outputs(
 
 
 # ---------------------------------------------------------------------------------------------
-# Resume support: one state file per input, sliced out of / stacked into the batch state.
+# Resuming: one state file per input, its rows of the batch state (`ReconstructionState.slice`,
+# `stack`, `save`, `load`).
 
 
-def _slice_state(state: ReconstructionState, rows: slice) -> dict:
-    """One input's rows of a batch state (its restarts, when there are several)."""
-    pick = lambda t: None if t is None else t[rows].detach().cpu().clone()  # noqa: E731
-    optim = {
-        "state": {k: {n: (v.cpu().clone() if v.ndim == 0 else pick(v)) for n, v in st.items()} for k, st in state.optimizer.get("state", {}).items()},
-        "param_groups": state.optimizer.get("param_groups", []),
-    }
-    return {
-        "step": state.step, "w_plus": pick(state.w_plus), "z": pick(state.z), "optimizer": optim,
-        "best_w_plus": pick(state.best_w_plus), "best_z": pick(state.best_z), "best_score": pick(state.best_score),
-        "best_step": pick(state.best_step), "alive": pick(state.alive), "history_steps": list(state.history_steps),
-        "history": [h[:, rows].detach().cpu().clone() for h in state.history],
-    }
-
-
-def _stack_states(parts: list[dict]) -> ReconstructionState:
-    cat = lambda key: None if parts[0][key] is None else torch.cat([p[key] for p in parts])  # noqa: E731
-    first = parts[0]["optimizer"]
-    optim = {
-        "state": {
-            k: {n: (v if v.ndim == 0 else torch.cat([p["optimizer"]["state"][k][n] for p in parts])) for n, v in st.items()}
-            for k, st in first["state"].items()
-        },
-        "param_groups": first["param_groups"],
-    }
-    history = [torch.cat([p["history"][t] for p in parts], dim=1) for t in range(len(parts[0]["history"]))]
-    return ReconstructionState(
-        step=parts[0]["step"], w_plus=cat("w_plus"), z=cat("z"), optimizer=optim, best_w_plus=cat("best_w_plus"),
-        best_z=cat("best_z"), best_score=cat("best_score"), best_step=cat("best_step"), alive=cat("alive"),
-        history_steps=list(parts[0]["history_steps"]), history=history,
-    )
-
-
-def _load_state(path: Path) -> dict | None:
+def _load_state(path: Path) -> ReconstructionState | None:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return ReconstructionState.load(path)
     except Exception:  # noqa: BLE001 - a damaged state file only means starting over
         return None
 
@@ -332,74 +302,17 @@ def _load_state(path: Path) -> dict | None:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Models:
-    """What a job needs loaded once: the generator, φ and (optionally) the LPIPS monitor."""
-
-    generator: Generator
-    perceptual: VGG16Features | None
-    monitor: LpipsAlex | None
-    source: dict
-    notes: list[str] = field(default_factory=list)
-    engine: ForwardEngine | None = None  # forward-only phases; None: the torch modules
-    engine_report: dict = field(default_factory=dict)
-
-
 def load_models(options: RunOptions, device: torch.device, need_monitor: bool, reporter: Reporter | None = None) -> Models:
-    """Load the generator (checkpoint or engine plan), VGG16 for φ and AlexNet for the monitor,
-    and, from a plan, the forward engine `--forward-backend` asks for."""
-    from lbrgm_fast.checkpoints import read_checkpoint
-    from lbrgm_fast.model import Generator
-    from lbrgm_fast.weights import check_official, load_state_dict_file, resolve_weights
-
-    def backbone(kind: Literal["vgg16", "alexnet"], path: str | None) -> dict[str, torch.Tensor]:
-        resolved = resolve_weights(kind, path)
-        state = load_state_dict_file(resolved)
-        source[f"{kind}_sha256"], note = check_official(kind, resolved)
-        source[f"{kind}_official"] = note is None
-        notes.extend([] if note is None else [note])
-        return state
-
+    """The models `options` name (`--checkpoint` or `--engine`), with the monitor when
+    `need_monitor` (required with `--early-stop oracle`), from `loading.load_models`."""
     if bool(options.checkpoint) == bool(options.engine):
         raise UserError("give exactly one of --checkpoint CKPT or --engine PLAN")
-    notes: list[str] = []
-    if options.engine:
-        from lbrgm_fast.plan import read_plan
-        from lbrgm_fast.runtime.select import select_engine
-
-        plan = read_plan(options.engine)
-        generator = plan.generator().to(device).eval().requires_grad_(False)
-        perceptual = plan.perceptual().to(device)
-        monitor = plan.monitor() if need_monitor else None
-        monitor = None if monitor is None else monitor.to(device)
-        source = {"engine": str(options.engine), "source_sha256": plan.manifest["source_sha256"]}
-        selection = select_engine(
-            plan, options.forward_backend, device, reporter, torch_engine=TorchEngine(generator, perceptual, monitor),
-            lpips=monitor is not None,
-        )
-        notes.append(selection.reason)
-        return Models(generator, perceptual, monitor, source, notes, selection.engine, selection.describe())
-    if options.forward_backend not in ("auto", "torch"):
-        raise UserError(f"--forward-backend {options.forward_backend} runs exported graphs: build a plan with `lbrgm-fast build` and pass --engine PLAN")
-    ckpt = read_checkpoint(options.checkpoint)  # type: ignore[arg-type]
-    generator = Generator(ckpt.config)
-    generator.load_state_dict(ckpt.state_dict, strict=True)
-    source = {"checkpoint": str(options.checkpoint), "checkpoint_sha256": ckpt.sha256, "checkpoint_format": ckpt.format}
-    if not ckpt.has_w_avg:
-        notes.append("the checkpoint has no w_avg; it was estimated from 10,000 mapping samples")
-    perceptual = VGG16Features.from_torchvision_state_dict(backbone("vgg16", options.vgg16))
-    monitor = None
-    if need_monitor:
-        try:
-            monitor = LpipsAlex.from_torchvision_state_dict(backbone("alexnet", options.alexnet))
-        except UserError as exc:
-            if options.early_stop == "oracle":
-                raise
-            notes.append(f"no LPIPS(alex) monitor ({exc}); early stopping by held-out pixels instead")
-    generator = generator.to(device).eval().requires_grad_(False)
-    perceptual = perceptual.to(device)
-    monitor = None if monitor is None else monitor.to(device)
-    return Models(generator, perceptual, monitor, source, notes)
+    monitor = ("required" if options.early_stop == "oracle" else "optional") if need_monitor else "none"
+    return load_source_models(
+        options.engine or options.checkpoint,  # type: ignore[arg-type]
+        device, kind="plan" if options.engine else "checkpoint", vgg16=options.vgg16, alexnet=options.alexnet,
+        monitor=monitor, forward_backend=options.forward_backend, reporter=reporter,
+    )
 
 
 def run_job(
@@ -476,7 +389,7 @@ def run_job(
                 item = prepare_input(path, options, resolution, outcome, mask)
                 if options.resume:
                     item.saved_state = _load_state(outcome.folder / STATE_FILE)
-                    saved_rows = None if item.saved_state is None else item.saved_state["w_plus"].shape[0]
+                    saved_rows = None if item.saved_state is None else item.saved_state.w_plus.shape[0]
                     if saved_rows not in (None, options.restarts):
                         raise UserError(f"{outcome.folder} was interrupted with --restarts {saved_rows}; "
                                         "resume it with the same --restarts (or use --overwrite)")
@@ -487,7 +400,7 @@ def run_job(
     # Batches share one operator: group super-resolution inputs by factor, resumed ones by step.
     groups: dict[tuple[int | None, int], list[PreparedInput]] = {}
     for p in prepared:
-        groups.setdefault((p.factor, (p.saved_state or {}).get("step", 0)), []).append(p)
+        groups.setdefault((p.factor, 0 if p.saved_state is None else p.saved_state.step), []).append(p)
     # One Reconstructor per kind of batch (with / without ground truth), kept for the whole job:
     # it reuses its compiled step and BRGM's prior statistics from one batch to the next.
     reconstructors: dict[bool, Reconstructor] = {}
@@ -539,19 +452,18 @@ def _run_batch(
         f.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
     resume = None
     if all(p.saved_state is not None for p in batch):
-        resume = _stack_states([p.saved_state for p in batch])  # type: ignore[misc]
+        resume = ReconstructionState.stack([p.saved_state for p in batch])  # type: ignore[misc]
         reporter.note(f"resuming {', '.join(p.outcome.name for p in batch)} at step {resume.step}")
 
     restarts = options.restarts  # the run's rows: input i's restarts are rows i*R ... i*R + R-1
 
     def save_states(state: ReconstructionState) -> None:
         for i, f in enumerate(folders):
-            part = _slice_state(state, slice(i * restarts, (i + 1) * restarts))
-            atomic_write(f / STATE_FILE, lambda fh, part=part: torch.save(part, fh))  # type: ignore[operator]
+            state.slice(slice(i * restarts, (i + 1) * restarts)).save(f / STATE_FILE)  # type: ignore[operator]
 
     frames: list[list[torch.Tensor]] = [[] for _ in range(len(batch) * restarts)]
 
-    def on_progress(progress: Progress) -> None:
+    def on_progress(progress: ProgressReport) -> None:
         reporter.progress(progress)
         if options.frames and progress.images is not None and progress.step % options.frames == 0:
             for i, img in enumerate(progress.images.cpu()):

@@ -14,7 +14,7 @@ applies to every convolution output, as in NVIDIA's code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -280,6 +280,14 @@ class Generator(nn.Module):
         self.img_channels = config.img_channels
         self.mapping = MappingNetwork(config)
         self.synthesis = SynthesisNetwork(config)
+
+    @classmethod
+    def from_state_dict(cls, config: GeneratorConfig, state_dict: Mapping[str, torch.Tensor]) -> Generator:
+        """A frozen generator in eval mode on the CPU holding `state_dict` (every key of
+        `Generator(config).state_dict()`, nothing else), e.g. a `Checkpoint`'s."""
+        generator = cls(config)
+        generator.load_state_dict(state_dict, strict=True)
+        return generator.eval().requires_grad_(False)
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: NoiseMode = "const") -> torch.Tensor:
         return self.synthesis(self.mapping(z, truncation_psi), noise_mode)

@@ -275,10 +275,14 @@ class VGG16Features(nn.Module):
         """LPIPS-VGG v0.1 between x and y, per sample (B,)."""
         return self.feature_distance(self.features(x), self.features(y))
 
+    def feature_loss(self, fa: list[Tensor], fb: list[Tensor]) -> Tensor:
+        """BRGM/L-BRGM's perceptual term before λvgg, from features: the mean squared difference
+        over NVIDIA's vector, LPIPS_vgg / D, per sample (B,). `fb` may have batch 1."""
+        return self.feature_distance(fa, fb) / self.num_elements
+
     def perceptual_loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """BRGM/L-BRGM's perceptual term before λvgg: mean squared difference over NVIDIA's
-        vector, i.e. LPIPS_vgg / D, per sample (B,)."""
-        return self.distance(x, y) / self.num_elements
+        """`feature_loss` of two batches of images [B, 3, H, W] in [-1, 1], (B,)."""
+        return self.feature_loss(self.features(x), self.features(y))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return self.features(x)

@@ -272,9 +272,7 @@ class Plan:
             raise _fail(self.path, f"its generator is invalid ({exc})") from None
         if result.config != self.config:
             raise _fail(self.path, "its generator does not match the manifest's config")
-        generator = Generator(result.config)
-        generator.load_state_dict(result.state_dict, strict=True)
-        return generator.eval().requires_grad_(False)
+        return Generator.from_state_dict(result.config, result.state_dict)
 
     def perceptual(self) -> VGG16Features:
         """φ at the plan's resolution (random backbones are marked so in the manifest)."""

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,6 +16,7 @@ from lbrgm_fast.demo import LABEL_BAND, run_demo
 from lbrgm_fast.perceptual import VGG16Features
 
 from reference import FIXTURES, nvidia_generator
+from torchvision_weights import random_weight_files
 
 PICKLE = FIXTURES / "stylegan2-ada" / "tiny32" / "network-snapshot.pkl"
 runner = CliRunner()
@@ -25,12 +25,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Seeded random VGG16 / AlexNet files in torchvision's key layout (no download here)."""
-    folder = tmp_path_factory.mktemp("weights")
-    vgg = {f"features.{k}": v for k, v in VGG16Features.random(0).layers.state_dict().items()}
-    torch.save(vgg, folder / "vgg16.pth")
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), folder / "alexnet.pth")
-    return {"vgg16": str(folder / "vgg16.pth"), "alexnet": str(folder / "alexnet.pth")}
+    return random_weight_files(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +213,34 @@ def test_bench_bad_options_are_one_line_exit_2(args: list[str], message: str) ->
     assert message in result.output and "Traceback" not in result.output
 
 
+def test_every_run_option_reaches_run_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every `run` option but --quiet / --json reaches RunOptions under its own name, without a
+    # hand-written copy of each: a new option needs only its parameter and its field.
+    import inspect
+    from dataclasses import fields
+
+    from lbrgm_fast import cli
+    from lbrgm_fast.job import RunOptions
+
+    parameters = set(inspect.signature(cli.run).parameters) - {"quiet", "json_out"}
+    assert parameters <= {f.name for f in fields(RunOptions)}
+    seen: list = []
+    monkeypatch.setattr("lbrgm_fast.job.run_job", lambda options, reporter: seen.append(options) or [])
+    result = invoke("run", "x.png", "--mask-preset", "eyes", "--steps", "7", "--no-compile", "--batch-size", "3", "--quiet")
+    assert result.exit_code == 0, result.output
+    # The CLI keeps freed host memory by default, the library does not (RunOptions).
+    assert seen == [RunOptions(inputs=["x.png"], mask_preset="eyes", steps=7, compile=False, batch_size=3, retain_host_memory=True)]
+
+
+def test_help_groups_run_options_and_shows_no_type_for_flags() -> None:
+    result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for panel in ("Task", "Method", "Early stopping", "Speed", "Input / output"):
+        assert f"─ {panel} ─" in result.output
+    assert "<bool>" not in result.output and "<int>" in result.output
+    assert "<bool>" not in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+
+
 def test_mask_files_wrong_size_or_empty(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
     small = tmp_path / "small.png"
     Image.fromarray(np.full((16, 16), 255, np.uint8)).save(small)
@@ -345,7 +368,7 @@ def test_benign_torch_warnings_are_dropped_and_others_kept(caplog: pytest.LogCap
 
 def test_progress_rate_is_the_steady_rate_after_compilation(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     from lbrgm_fast.cli import RichReporter
-    from lbrgm_fast.reconstruct import Progress
+    from lbrgm_fast.progress import ProgressReport
 
     # The first report arrives after a long compilation (t = 100 s), the next 20 steps later.
     times = [100.0, 110.0]
@@ -353,7 +376,7 @@ def test_progress_rate_is_the_steady_rate_after_compilation(monkeypatch: pytest.
     reporter = RichReporter(quiet=False)
     reporter.batch_started(["face"], steps=20)
     for step in (0, 20):
-        reporter.progress(Progress(step=step, steps=20, terms={"total": [1.0], "pixel": [2.0]}, score=None, best_step=[step]))
+        reporter.progress(ProgressReport(step=step, steps=20, terms={"total": [1.0], "pixel": [2.0]}, score=None, best_step=[step]))
     reporter.batch_finished()
     assert "face: step 20/20 loss 1 pix 2 2.00 steps/s" in capsys.readouterr().err
 

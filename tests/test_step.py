@@ -19,6 +19,7 @@ float32 batching changes the loss by ~0.3 % after 10 steps, see the batching tes
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -35,17 +36,21 @@ from lbrgm_fast.methods import method_settings
 from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import VGG16Features
-from lbrgm_fast.reconstruct import Objective, Reconstructor, generator_to_255
+from lbrgm_fast.loop import AdamStep
+from lbrgm_fast.objective import Objective, generator_to_255
+from lbrgm_fast.reconstruct import Reconstructor
 from lbrgm_fast.runtime import Profiler
 from lbrgm_fast.runtime import step as step_module
 from lbrgm_fast.runtime.devices import CpuFeatures, cpu_features
 from lbrgm_fast.runtime.step import (
     FP16_LOSS_SCALE,
+    Step,
     StepOptions,
     StepProfile,
     auto_step_options,
     default_precision,
     load_optimizer_state,
+    low_precision_blocks,
     make_optimizer,
     make_step,
     prepare_networks,
@@ -84,6 +89,18 @@ def make_objective(G: Generator, batch: int, seed: int = 0) -> tuple[Objective, 
     return objective, w0, z0
 
 
+def adam_step(
+    objective: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    w: torch.Tensor,
+    z: torch.Tensor,
+    options: StepOptions = StepOptions(),
+    profiler: Profiler | None = None,
+) -> Step:
+    """The Reconstructor's step: `AdamStep` over (w, z) run on `objective` as `options` ask."""
+    return make_step(AdamStep(optimizer, w, z, options.precision), objective, options, profiler)
+
+
 def run_loop(
     objective: nn.Module,
     w0: torch.Tensor,
@@ -100,7 +117,7 @@ def run_loop(
         options = StepOptions()
     else:
         optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, options, "cpu")
-    step = make_step(objective, optimizer, w, z, options, profiler)
+    step = adam_step(objective, optimizer, w, z, options, profiler)
     for _ in range(steps):
         terms, images, _, _ = step()
     return terms, images, w.detach()
@@ -181,12 +198,12 @@ def test_compiled_step_is_reused_for_the_next_batch_without_tracing_again() -> N
     options = StepOptions(compile=True)
     w, z = w_a.clone().requires_grad_(True), z_a.clone().requires_grad_(True)
     optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, options, "cpu")
-    step = make_step(first, optimizer, w, z, options)
+    step = adam_step(first, optimizer, w, z, options)
     for _ in range(3):
         step()
     graphs = counters["stats"]["unique_graphs"]
     refill_latents(optimizer, [w_b, z_b])
-    step = make_step(second, optimizer, w, z, options, fresh=False)
+    step = step.rebind(second)
     for _ in range(20):
         terms, images, _, _ = step()
     assert counters["stats"]["unique_graphs"] == graphs, "the next batch was traced again"
@@ -203,7 +220,7 @@ def test_refilled_optimizer_steps_like_a_new_or_a_resumed_one() -> None:
     # Reference: a new Adam on the second problem; its state is saved after 3 of 6 steps.
     w, z = w_b.clone().requires_grad_(True), z_b.clone().requires_grad_(True)
     new = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, StepOptions(), "cpu")
-    step = make_step(second, new, w, z)
+    step = adam_step(second, new, w, z)
     for _ in range(3):
         step()
     w3, z3, saved = w.detach().clone(), z.detach().clone(), copy.deepcopy(new.state_dict())
@@ -213,11 +230,11 @@ def test_refilled_optimizer_steps_like_a_new_or_a_resumed_one() -> None:
     # The latents and Adam of a run on the first problem, refilled for the second.
     w, z = w_a.clone().requires_grad_(True), z_a.clone().requires_grad_(True)
     reused = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, StepOptions(), "cpu")
-    step = make_step(first, reused, w, z)
+    step = adam_step(first, reused, w, z)
     for _ in range(4):
         step()
     refill_latents(reused, [w_b, z_b])
-    step = make_step(second, reused, w, z, fresh=False)
+    step = step.rebind(second)
     for _ in range(3):
         step()
     assert torch.equal(w.detach(), w3) and torch.equal(z.detach(), z3)
@@ -252,7 +269,7 @@ def test_step_returns_the_iterate_before_the_update() -> None:
     objective, w0, z0 = make_objective(nvidia_generator("tiny32"), batch=1)
     w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
     optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, StepOptions(), "cpu")
-    step = make_step(objective, optimizer, w, z)
+    step = adam_step(objective, optimizer, w, z)
     step()
     terms, images, w_before, z_before = step()
     assert not torch.equal(w_before, w.detach()), "the latents were not updated"
@@ -322,7 +339,7 @@ def toy_latents(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def test_compiled_steps_stay_compiled_run_after_run() -> None:
     # torch caches compiled code per code object, with at most `recompile_limit` (8) entries
     # and two per run here (Adam's state empty, then filled); past the limit it silently runs
-    # eagerly. make_step starts each run from a clean compile cache, so run 6 still compiles.
+    # eagerly. Each step built by make_step has its own entries, so run 6 still compiles.
     w0, z0 = toy_latents()
     for run in range(6):
         objective = ToyObjective()
@@ -334,6 +351,52 @@ def test_compiled_steps_stay_compiled_run_after_run() -> None:
     # Float32 rounding differs (fused kernels; Adam's step size in float32, not double).
     torch.testing.assert_close(terms, ref_terms, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(w, ref_w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_compiled_step_survives_another_being_built() -> None:
+    # Another Reconstructor building and compiling its step must not throw this one's compiled
+    # code away: rebound to the next batch's objective, this step runs without tracing again.
+    w0, z0 = toy_latents()
+
+    def compiled_step() -> tuple[Step, torch.optim.Optimizer]:
+        w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
+        optimizer = make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(compile=True), "cpu")
+        return adam_step(ToyObjective(), optimizer, w, z, StepOptions(compile=True)), optimizer
+
+    mine, optimizer = compiled_step()
+    for _ in range(3):
+        mine()
+    other, _ = compiled_step()
+    for _ in range(3):
+        other()
+    graphs = counters["stats"]["unique_graphs"]
+    refill_latents(optimizer, [w0, z0])
+    objective = ToyObjective()
+    mine = mine.rebind(objective)
+    terms, _, _, _ = mine()
+    assert counters["stats"]["unique_graphs"] == graphs, "this step's compiled code was thrown away"
+    assert objective.eager_calls == 0
+    ref_terms, _, _ = run_loop(ToyObjective(), w0, z0, None, steps=1)
+    torch.testing.assert_close(terms, ref_terms, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_reconstructors_compiled_step_survives_another_reconstructor() -> None:
+    # Two Reconstructors in one process (two pipelines): the second compiling its step leaves
+    # the first's in place, so the first's next batch is not traced again.
+    G = nvidia_generator("tiny32")
+    op = Inpainting.from_preset("bar", G.img_resolution)
+    with torch.no_grad():
+        y = op(((G(torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(0))) + 1) / 2).clamp(0, 1))
+    settings = dict(settings=dataclasses.replace(SETTINGS, perceptual_weight=0.0), steps=3, candidates=2,
+                    early_stop="none", step_options=StepOptions(compile=True))
+    first = Reconstructor(G, None, **settings)
+    first.run(y[:1], op, seed=0)
+    Reconstructor(G, None, **settings).run(y[1:2], op, seed=0)
+    graphs = counters["stats"]["unique_graphs"]
+    first.run(y[2:], op, seed=0)
+    assert counters["stats"]["unique_graphs"] == graphs, "the first Reconstructor's step was traced again"
 
 
 @pytest.mark.slow
@@ -357,7 +420,7 @@ def test_fp16_step_hands_adam_the_unscaled_gradient() -> None:
         seen = []
         w.register_hook(lambda g, seen=seen: seen.append(g.clone()))
         optimizer = make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu")
-        make_step(ToyObjective(nvidia_generator("tiny32")), optimizer, w, z, StepOptions(precision=precision))()
+        adam_step(ToyObjective(nvidia_generator("tiny32")), optimizer, w, z, StepOptions(precision=precision))()
         grads[precision] = (seen[0], w.grad.clone())
     # What backward saw was scaled; what Adam got was not.
     torch.testing.assert_close(grads["fp16"][0], grads["fp32"][0] * FP16_LOSS_SCALE, rtol=0, atol=0)
@@ -370,7 +433,7 @@ def test_resuming_keeps_the_optimizer_settings() -> None:
     w0, z0 = toy_latents()
     w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
     plain = torch.optim.Adam([w, z], lr=0.1, betas=(0.9, 0.999))
-    step = make_step(ToyObjective(), plain, w, z)
+    step = adam_step(ToyObjective(), plain, w, z)
     for _ in range(3):
         step()
     fast = make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(compile=True), "cpu")
@@ -378,20 +441,37 @@ def test_resuming_keeps_the_optimizer_settings() -> None:
     group = fast.param_groups[0]
     assert isinstance(group["lr"], torch.Tensor) and group["foreach"] is False
     assert fast.state[w]["step"] == 3
-    step = make_step(ToyObjective(), fast, w, z)
+    step = adam_step(ToyObjective(), fast, w, z)
     for _ in range(2):
         step()
     _, _, ref_w = run_loop(ToyObjective(), w0, z0, None, steps=5)
     torch.testing.assert_close(w.detach(), ref_w, rtol=1e-5, atol=1e-6)
 
 
+class RecordingObjective(ToyObjective):
+    """A ToyObjective that records the generator's low-precision blocks during its forward."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__(generator)
+        self.seen: list[frozenset[int]] = []
+
+    def forward(self, w_plus: torch.Tensor, z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        self.seen.append(self.generator.synthesis.low_precision_resolutions)
+        return super().forward(w_plus, z)
+
+
 def test_precision_sets_the_low_precision_blocks() -> None:
     G = nvidia_generator("ffhqlike64")  # num_fp16_res 4: blocks 8 ... 64 run in fp16 at NVIDIA
+    own = G.synthesis.low_precision_resolutions
     w0, z0 = toy_latents()
     for precision, expected in (("bf16", {4, 8, 16, 32, 64}), ("fp16", {8, 16, 32, 64})):
+        with low_precision_blocks(G.synthesis, precision):
+            assert G.synthesis.low_precision_resolutions == expected
+        # A step sets them for its forward pass only: the caller's generator is left as it was.
         w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
-        make_step(ToyObjective(G), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z, StepOptions(precision=precision))
-        assert G.synthesis.low_precision_resolutions == expected
+        objective = RecordingObjective(G)
+        adam_step(objective, make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z, StepOptions(precision=precision))()
+        assert objective.seen == [expected] and G.synthesis.low_precision_resolutions == own
 
 
 # -- options, compile-time reporting, profiling ------------------------------------------------
@@ -439,7 +519,7 @@ def test_warmup_calls_per_mode() -> None:
     w0, z0 = toy_latents()
     w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
     profiler = Profiler()
-    step = make_step(ToyObjective(), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z, StepOptions(), profiler)
+    step = adam_step(ToyObjective(), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z, StepOptions(), profiler)
     step()
     assert "compile" not in profiler.seconds
     assert StepOptions().warmup_calls == 0
@@ -450,7 +530,7 @@ def test_warmup_calls_per_mode() -> None:
 def toy_step() -> Callable[[], tuple]:
     w0, z0 = toy_latents()
     w, z = w0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
-    return make_step(ToyObjective(), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z)
+    return adam_step(ToyObjective(), make_optimizer([w, z], 0.1, (0.9, 0.999), StepOptions(), "cpu"), w, z)
 
 
 def test_step_profile_writes_a_trace_after_the_window(tmp_path) -> None:
@@ -508,7 +588,7 @@ def cuda_loop(objective: Objective, w0: torch.Tensor, z0: torch.Tensor, options:
         options = StepOptions()
     else:
         optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, options, device)
-    step = make_step(objective, optimizer, w, z, options)
+    step = adam_step(objective, optimizer, w, z, options)
     for _ in range(steps):
         terms, images, _, _ = step()
     return terms.cpu(), images.float().cpu(), step
@@ -596,12 +676,12 @@ def test_cuda_fast_step_reused_for_the_next_batch_matches_eager() -> None:
     options = StepOptions(compile=True, precision="bf16", cuda_graphs=True)
     w, z = w_a.cuda().requires_grad_(True), z_a.cuda().requires_grad_(True)
     optimizer = make_optimizer([w, z], SETTINGS.lr, SETTINGS.betas, options, "cuda")
-    step = make_step(first, optimizer, w, z, options)
+    step = adam_step(first, optimizer, w, z, options)
     for _ in range(options.warmup_calls + 2):
         step()
     graphs = counters["stats"]["unique_graphs"]
     refill_latents(optimizer, [w_b.cuda(), z_b.cuda()])
-    step = make_step(second, optimizer, w, z, options, fresh=False)
+    step = step.rebind(second)
     for _ in range(40):
         terms, images, _, _ = step()
     assert counters["stats"]["unique_graphs"] == graphs, "the next batch was traced again"

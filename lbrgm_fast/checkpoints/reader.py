@@ -98,9 +98,7 @@ def load_generator(path: str | os.PathLike[str], device: str | torch.device = "c
     from lbrgm_fast.model import Generator  # lazily: reading checkpoints must not need the model
 
     checkpoint = read_checkpoint(path, network=network)
-    generator = Generator(checkpoint.config)
-    generator.load_state_dict(checkpoint.state_dict, strict=True)
-    return generator.eval().requires_grad_(False).to(device)
+    return Generator.from_state_dict(checkpoint.config, checkpoint.state_dict).to(device)
 
 
 def _read_bytes(source: str) -> bytes:

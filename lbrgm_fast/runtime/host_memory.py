@@ -4,11 +4,8 @@ Why: PyTorch's CPU allocator takes every buffer from the C library's `malloc`. g
 large request (above its mmap threshold, 32 MiB at most by default) with a fresh mapping from
 the kernel and unmaps it when freed, and gives the free top of its heap back to the kernel once
 it exceeds its trim threshold. A gradient step allocates and frees the same large activations
-on every step, so every step pays page faults and the kernel's zeroing of those pages again. On
-the development VM, `x * 2` over a 32 MiB tensor took 29 ms into a fresh mapping and 5.7 ms
-into reused memory; a whole ffhq256 step, 2 threads, went from 2.00 s to 1.48 s eager and from
-1.43 s to 1.37 s compiled (the compiled step allocates fewer, fused buffers), with the same
-peak memory (bench/results/host_memory.md).
+on every step, so every step pays page faults and the kernel's zeroing of those pages again
+(measured in bench/results/host_memory.md).
 
 Raising both thresholds makes glibc serve those buffers from its heap and keep them after they
 are freed, so the next step reuses memory that is already mapped. The cost is that the process

@@ -1,76 +1,60 @@
-"""One optimisation step of the reconstruction loop, built once per run.
+"""How the optimisation step runs: eager, compiled, mixed precision, replayed as a CUDA graph.
 
-A step evaluates the objective at the current iterate, back-propagates and lets Adam update
-the latents, returning what the loop needs to log and to keep the best iterate: the loss terms
-and images *of the iterate before the update*, and a copy of that iterate. Nothing in a step
-reads a value back to the host.
-
-How a step runs is chosen by `StepOptions`; `auto_step_options` picks per device:
+The step itself — zero_grad, J, backward, Adam's update — is the method's (`loop.AdamStep`);
+this module runs that function as `StepOptions` ask and knows nothing of L-BRGM:
 
 * **eager float32** (the default `StepOptions()`): the research code's numerics, the reference
   every other mode is tested against.
-* **compiled**: the whole step function (zero_grad, G → A → φ → loss, backward, Adam update)
-  goes through `torch.compile` with static shapes (the batch never changes within a run).
-  Dynamo splits it at `backward()` into a forward graph, whose backward AOTAutograd compiles
-  ahead of time, and an Adam-update graph. Network weights are frozen, so neither graph
-  computes a weight gradient; the modulated convolutions use the non-fused form.
-* **precision** "bf16" / "fp16": autocast around the forward. The convolutions and matrix
-  products run in low precision; the generator's style affines, demodulation coefficients and
-  mapping network, φ's channel normalisation, the loss reductions and Adam stay float32
-  (explicit fp32 islands in model.py / perceptual.py). Which synthesis blocks may run in low
-  precision is set here (`low_precision_resolutions`): all of them for bf16, whose range is
-  float32's; for fp16 only the checkpoint's `num_fp16_res` blocks, whose `conv_clamp` keeps
-  activations in range, as NVIDIA runs them. fp16 gradients would underflow (a pixel's share
-  of the loss is ~1e-8), so the fp16 step scales the loss by `FP16_LOSS_SCALE` and divides
-  the gradients back before Adam: a static scale, because a dynamic one needs a host read.
-* **CUDA graphs** (CUDA only): the step — compiled or not — is captured once into a CUDA graph
+* **compiled**: the whole step function goes through `torch.compile` with static shapes (the
+  batch never changes within a run); Dynamo splits it at `backward()` into a forward graph,
+  whose backward AOTAutograd compiles ahead of time, and an Adam-update graph. The weights are
+  frozen, so neither graph computes a weight gradient.
+* **precision** "bf16" / "fp16": autocast around the forward, with float32 islands in the
+  model, φ, the loss reductions and Adam (the step's `low_precision_blocks` and
+  `FP16_LOSS_SCALE`).
+* **CUDA graphs** (CUDA only): the step, compiled or not, is captured once into a CUDA graph
   after a few warm-up steps on a side stream, then replayed: one launch per step. Adam must be
   `capturable` (`make_optimizer` does this).
 
-Compilation is cached on disk by torch (Inductor's FX-graph cache and AOTAutograd's cache, both
-on by default) under `$TORCHINDUCTOR_CACHE_DIR`; `configure_compile_cache` (called by the
-`lbrgm-fast` command and the bench scripts at start; a library caller can call it too) points
-that at a per-user folder that survives reboots unless the variable is already set. A second
-run of the same shapes then skips code generation; Dynamo's tracing (seconds to tens of
-seconds) is not cached by torch. Within a process, a step built over the same latents and Adam, refilled in place
-for the next batch (`refill_latents`, then `make_step(..., fresh=False)`), is not traced at all:
-the Reconstructor does this for every batch after its first.
-
-The first calls of a compiled or captured step compile / capture it (and run a real step each);
-their time goes to the profiler's "compile" phase so it is reported apart from the loop.
-
-Around `make_step`: `prepare_networks` stores the weights in the step's layout once,
-`make_optimizer` builds the Adam it needs, `load_optimizer_state` resumes one without losing its
-settings, `refill_latents` restarts one in place for the next batch (so that the compiled step is
-reused, not traced again), `StepProfile` records a torch profiler trace of a few steps.
+A compiled step owns its compiled code (its own recompilation region, `_compile`): nothing
+another step or another Reconstructor compiled is thrown away when a step is built, and a step
+rebuilt for the next batch over the same latents and Adam (`refill_latents`, then
+`Step.rebind`) runs that code without being traced again. Inductor also caches its code on
+disk (`configure_compile_cache`), so a later process skips code generation. The first calls
+of a compiled or captured step compile / capture it (and run a real step each); their time
+goes to the profiler's "compile" phase, reported apart from the loop. Measurements:
+bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
 from lbrgm_fast.config import GeneratorConfig
 from lbrgm_fast.errors import UserError
-from lbrgm_fast.model import Generator
+from lbrgm_fast.model import SynthesisNetwork
 from lbrgm_fast.runtime.devices import cpu_features
 from lbrgm_fast.runtime.profiler import Profiler
 
+#: What a step returns, of the iterate *before* its update: (terms [T, B], images [B, 3, H, W],
+#: w+ [B, num_ws, w_dim], z [B, z_dim] or None).
 StepOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-#: Static loss scale of the fp16 step. Measured on ffhqlike64 (float32, random φ): the gradients
-#: reaching the fp16 blocks' outputs have median |g| 1e-4 at 64 px, about fp16's smallest normal
-#: number (6e-5), and at most 0.3. Times 4096 the median sits well inside fp16's normal range and
-#: the largest value 50x below its overflow (65504); at 1024 px each pixel's share of the loss
-#: means is smaller still, so the scale only matters more there.
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: Static loss scale of the fp16 step: without it the gradients reaching the fp16 blocks sit
+#: near fp16's smallest normal number (a pixel's share of the loss means is tiny); 2^12 lifts
+#: them well inside its range and far from overflow. Static, because a dynamic scale needs a
+#: host read per step. A power of two, so scaling and unscaling are exact.
 FP16_LOSS_SCALE = 2.0**12
 #: Warm-up steps run (for real) on a side stream before a CUDA graph is captured: enough for
 #: Dynamo's recompile once Adam's state exists, cuDNN's algorithm search and cuBLAS workspaces.
@@ -78,6 +62,9 @@ CUDA_GRAPH_WARMUP = 3
 #: Calls of a compiled step that may (re)compile: the first traces with Adam's state still
 #: empty, the second retraces once the state exists.
 COMPILE_WARMUP = 2
+#: Runs shorter than this are not compiled by default: a first compilation costs minutes on a
+#: CPU (cached afterwards) and saves a fraction of a second per step.
+MIN_STEPS_TO_COMPILE = 500
 
 
 @dataclass(frozen=True)
@@ -92,8 +79,7 @@ class StepOptions:
         memory_budget: Fraction of the activations the compiled step may keep for the
             backward pass (1: all, the fastest); lower values make AOTAutograd recompute the
             cheapest activations instead (activation checkpointing), for large batches.
-            Needs `compile`. Measured on the CPU (tiny32, batch 16, φ at 64 px): 0.2 cut the
-            step's peak allocation from 163 MB to 113 MB (eager: 198 MB).
+            Needs `compile`.
     """
 
     compile: bool = False
@@ -118,11 +104,6 @@ class StepOptions:
         if self.cuda_graphs:
             return CUDA_GRAPH_WARMUP + 1  # the last of them captures the graph and replays it
         return COMPILE_WARMUP if self.compile else 0
-
-
-#: Runs shorter than this are not compiled by default: compiling costs minutes on a first run
-#: (CPU: ~2 min at 64-256 px, measured; cached afterwards) and saves a fraction of a step.
-MIN_STEPS_TO_COMPILE = 500
 
 
 def default_precision(device: torch.device | str) -> tuple[Precision, str]:
@@ -182,27 +163,16 @@ def prepare_networks(networks: Iterable[torch.nn.Module | None], options: StepOp
     """Store the networks' 4-D weights, once, in the layout the step's convolutions run in.
 
     The compiled CPU step runs every convolution channels-last (Inductor's layout choice for
-    oneDNN), so weights stored NCHW are converted on every step, forward and backward; stored
-    channels-last they are used as they are. Measured on the 2-core development machine
-    (1 thread, compiled float32, medians of 7 interleaved steps): 1150 -> 1076 ms per step at
-    ffhqlike64, 2291 -> 2176 ms at ffhq256. Only the layout changes, not a value; the convolutions
-    may round differently (~1e-7). Eager and CUDA steps keep the weights as loaded: on CUDA
-    channels-last weights made no difference (H200, 1024 px, compiled bf16 + CUDA graphs, with
-    the convolution forms of the filters: 9.31 / 9.3 ms at batch 1, 61.4 / 61.5 ms at batch 8).
-    Call it before anything runs the networks, so that every phase of a run sees one layout.
+    oneDNN), so weights stored NCHW would be converted on every step, forward and backward.
+    Only the layout changes, not a value (the convolutions may round differently, ~1e-7).
+    Eager and CUDA steps keep the weights as loaded: there it made no difference
+    (bench/RESULTS.md). Call it before anything runs the networks, so that every phase of a
+    run sees one layout.
     """
     if options.compile and torch.device(device).type == "cpu":
         for network in networks:
             if network is not None:
                 network.to(memory_format=torch.channels_last)
-
-
-class StepObjective(Protocol):
-    """What a step needs of the objective (reconstruct.Objective)."""
-
-    generator: Generator
-
-    def __call__(self, w_plus: torch.Tensor, z: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def make_optimizer(
@@ -246,10 +216,26 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
 
 
 def low_precision_resolutions(config: GeneratorConfig, precision: Precision) -> frozenset[int]:
-    """Synthesis blocks allowed to run under the step's autocast (see the module docstring)."""
+    """Synthesis blocks allowed to run under the step's autocast: all of them for bf16, whose
+    range is float32's; for fp16 only the checkpoint's `num_fp16_res` blocks, whose
+    `conv_clamp` keeps activations in range, as NVIDIA runs them."""
     if precision == "bf16":
         return frozenset(config.block_resolutions)
     return frozenset(config.fp16_resolutions)
+
+
+@contextlib.contextmanager
+def low_precision_blocks(synthesis: SynthesisNetwork, precision: Precision) -> Iterator[None]:
+    """Within the block, `synthesis` runs the blocks `precision` allows in low precision
+    (`low_precision_resolutions`); its own setting is restored on leaving. The step enters it
+    around its forward pass only, so the caller's generator is never left changed."""
+    saved = synthesis.low_precision_resolutions
+    if precision != "fp32":
+        synthesis.low_precision_resolutions = low_precision_resolutions(synthesis.config, precision)
+    try:
+        yield
+    finally:
+        synthesis.low_precision_resolutions = saved
 
 
 def configure_compile_cache(cache_dir: str | Path | None = None) -> Path:
@@ -268,66 +254,42 @@ def configure_compile_cache(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir)
 
 
-def make_eager_step(
-    objective: StepObjective,
-    optimizer: torch.optim.Optimizer,
-    w_plus: torch.Tensor,
-    z: torch.Tensor | None,
-    precision: Precision = "fp32",
-) -> Callable[[], StepOutput]:
-    """The step run by the interpreter: returns (terms [T, B], images, w+ before, z before).
+class StepBody(Protocol):
+    """What `make_step` runs: one optimisation step of an objective (`loop.AdamStep`)."""
 
-    In float32 it is the reference (the research code's step); the compiled and CUDA-graph
-    steps are this same function, compiled and / or captured.
+    optimizer: torch.optim.Optimizer
+
+    def __call__(self, objective: Any) -> StepOutput: ...
+
+
+def _compile(body: StepBody, memory_budget: float) -> Callable[[Any], StepOutput]:
+    """torch.compile of the whole step, with static shapes, in its own recompilation region.
+
+    Dynamo keeps compiled code per code object, with guards on what the code reads. Every step
+    shares `AdamStep.__call__` and Adam's own code, and each new optimiser (guarded on its
+    identity) needs new entries; with one shared set of entries, torch would fall back to
+    eager after `recompile_limit` of them. `isolate_recompiles` (torch >= 2.14) gives this
+    step its own set, counted against that limit alone, while leaving every other step's
+    code in place. Torch without it has one set per code object: the only way to keep new
+    steps compiled there is to clear every compiled step first (`torch.compiler.reset`).
+
+    The objective is an argument: its tensors are graph inputs, guarded on shape and dtype,
+    so an objective of the same structure (the next batch) runs the same code.
     """
-    device_type = w_plus.device.type
-    dtype = _AUTOCAST_DTYPES.get(precision)
-    params = [w_plus] + ([] if z is None else [z])
-    loss_scale = FP16_LOSS_SCALE if precision == "fp16" else 1.0
-
-    def step() -> StepOutput:
-        w_before = w_plus.detach().clone()
-        z_before = None if z is None else z.detach().clone()
-        optimizer.zero_grad(set_to_none=True)
-        # cache_enabled=False: cached casts must not outlive a CUDA graph capture (torch's
-        # CUDA-graph notes); the weights are frozen, so the cache would hold nothing anyway.
-        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None, cache_enabled=False):
-            terms, images = objective(w_plus, z)
-        (terms[0].sum() * loss_scale).backward()
-        if loss_scale != 1.0:
-            for p in params:
-                p.grad.div_(loss_scale)  # type: ignore[union-attr]
-        optimizer.step()
-        return terms.detach(), images.detach(), w_before, z_before
-
-    return step
-
-
-def _compiled(body: Callable[[], StepOutput], memory_budget: float, fresh: bool) -> Callable[[], StepOutput]:
-    """torch.compile of the whole step, with static shapes.
-
-    Dynamo caches compiled code per *code object* (every step shares `make_eager_step`'s inner
-    function) with guards on what the code reads. The objective's tensors are graph inputs,
-    guarded on shape and dtype only, so a new objective of the same structure reuses the
-    compiled code; the optimiser is guarded on its identity. Every run with a new optimiser
-    would therefore add a cache entry, and after `recompile_limit` entries torch would silently
-    fall back to eager: so by default (`fresh`) a step starts from a clean slate (Inductor's
-    on-disk cache keeps that recompilation cheap). `fresh=False` keeps the entries: for a step
-    over the same latents and optimiser refilled in place (`refill_latents`), which is then not
-    traced again, or for a few steps that must coexist (the benchmark's modes).
-    """
-    if fresh:
+    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:
+        compiled = torch.compile(body, dynamic=False, isolate_recompiles=True)
+    else:
         torch.compiler.reset()
-    compiled = torch.compile(body, dynamic=False)
+        compiled = torch.compile(body, dynamic=False)
     if memory_budget >= 1.0:
         return compiled
     import torch._functorch.config as functorch_config
 
-    def step() -> StepOutput:
+    def step(objective: Any) -> StepOutput:
         # AOTAutograd reads the budget when it partitions forward and backward, i.e. on the
         # calls that (re)compile; the steady-state calls only pay for a dictionary update.
         with functorch_config.patch(activation_memory_budget=memory_budget):
-            return compiled()
+            return compiled(objective)
 
     return step
 
@@ -392,7 +354,7 @@ def refill_latents(
 
     Existing tensors are overwritten rather than replaced, so a compiled step, which is
     specialised to these very tensors and this optimiser, runs the next batch without being
-    traced again (see `make_step`'s `fresh`). Adam with zero moments and step counts takes
+    traced again (see `Step.rebind`). Adam with zero moments and step counts takes
     exactly a new Adam's first step.
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -430,51 +392,60 @@ def _timed_first_calls(step: Callable[[], StepOutput], calls: int, profiler: Pro
     return timed
 
 
-def make_step(
-    objective: StepObjective,
-    optimizer: torch.optim.Optimizer,
-    w_plus: torch.Tensor,
-    z: torch.Tensor | None,
-    options: StepOptions = StepOptions(),
-    profiler: Profiler | None = None,
-    fresh: bool = True,
-) -> Callable[[], StepOutput]:
-    """The step for `options`: each call does one Adam step and returns
-    (terms [T, B], images, w+ before, z before) of the iterate *before* the update.
+class Step:
+    """One optimisation step of `objective`, run as `options` ask (see `make_step`).
+
+    Each call does one update of the latents and returns `StepOutput` of the iterate before
+    it. `rebind` makes the step of another objective of the same structure over the same
+    latents and optimiser (refilled with `refill_latents`), running the same compiled code.
+    """
+
+    def __init__(
+        self,
+        body: StepBody,
+        run_body: Callable[[Any], StepOutput],
+        objective: Any,
+        options: StepOptions,
+        profiler: Profiler | None,
+        compiling_calls: int,
+    ) -> None:
+        self.body, self._run_body, self.options = body, run_body, options
+
+        def call() -> StepOutput:
+            return run_body(objective)
+
+        step = call
+        if options.cuda_graphs:
+            # A graph records the addresses of this objective's tensors: captured per objective.
+            step = _cuda_graph(step, CUDA_GRAPH_WARMUP)
+        if profiler is not None and compiling_calls:
+            step = _timed_first_calls(step, compiling_calls, profiler)
+        self._step = step
+
+    def __call__(self) -> StepOutput:
+        return self._step()
+
+    def rebind(self, objective: Any, profiler: Profiler | None = None) -> Step:
+        """This step for `objective`: no tracing; a CUDA graph is captured again (its warm-up
+        and capture go to `profiler`'s "compile" phase)."""
+        compiling_calls = CUDA_GRAPH_WARMUP + 1 if self.options.cuda_graphs else 0
+        return Step(self.body, self._run_body, objective, self.options, profiler, compiling_calls)
+
+
+def make_step(body: StepBody, objective: Any, options: StepOptions = StepOptions(), profiler: Profiler | None = None) -> Step:
+    """`body` (one step, e.g. `loop.AdamStep`) run on `objective` as `options` ask.
 
     Args:
-        objective: The loss (reconstruct.Objective); its generator's
-            `synthesis.low_precision_resolutions` is set for `options.precision`.
-        optimizer: Adam over [w_plus] (+ [z]), from `make_optimizer` for compiled or
-            CUDA-graph steps.
-        w_plus, z: The latents, updated in place by the optimiser.
-        options: How the step runs.
-        profiler: Receives the "compile" phase (the first `options.warmup_calls` calls, or
-            only the CUDA-graph warm-up and capture when the compiled code is reused).
-        fresh: True (default): drop the compiled code of earlier steps first (`_compiled`).
-            False: keep it. When `optimizer` and the latents are those of an earlier compiled
-            step, refilled in place with `refill_latents`, that code is reused rather than
-            traced again; otherwise (a new optimiser, another objective structure) this step is
-            traced on its first calls and kept alongside the earlier ones, up to torch's
-            recompile limit. The first `options.warmup_calls` calls are timed as
-            compilation when `fresh`; otherwise only a CUDA graph's warm-up and capture are.
+        body: The step function; called with the objective, it updates its latents in place
+            and returns `StepOutput` of the iterate before the update.
+        objective: What `body` is called with.
+        options: How the step runs. A compiled step gets its own compiled code (`_compile`).
+        profiler: Receives the "compile" phase: the first `options.warmup_calls` calls.
     """
-    options.check(w_plus.device)
-    if options.cuda_graphs and not all(g.get("capturable", False) for g in optimizer.param_groups):
+    if options.cuda_graphs and not all(g.get("capturable", False) for g in body.optimizer.param_groups):
         raise ValueError("CUDA graphs need a capturable optimiser: build it with make_optimizer")
-    if options.precision != "fp32":
-        synthesis = objective.generator.synthesis
-        synthesis.low_precision_resolutions = low_precision_resolutions(synthesis.config, options.precision)
-    step = make_eager_step(objective, optimizer, w_plus, z, options.precision)
-    if options.compile:
-        step = _compiled(step, options.memory_budget, fresh)
-    if options.cuda_graphs:
-        # A graph records the addresses of this objective's tensors: captured again per step.
-        step = _cuda_graph(step, CUDA_GRAPH_WARMUP)
-    compiling_calls = options.warmup_calls if fresh else (CUDA_GRAPH_WARMUP + 1 if options.cuda_graphs else 0)
-    if profiler is not None and compiling_calls:
-        step = _timed_first_calls(step, compiling_calls, profiler)
-    return step
+    run_body = _compile(body, options.memory_budget) if options.compile else body
+    return Step(body, run_body, objective, options, profiler, options.warmup_calls)
 
 
 class StepProfile:
@@ -492,8 +463,8 @@ class StepProfile:
     `out_dir/trace.json` (a Chrome / Perfetto trace) and `out_dir/ops.txt` (the operators by
     self time, then by operator and input shapes) are written when the n-th recorded call
     returns, or by `close()` while a recording is under way: a run that ends or stops
-    early keeps the steps it recorded. (A profiler left running at interpreter exit crashed
-    the process in torch 2.14.) `recorded` counts the recorded calls; a run that ends within
+    early keeps the steps it recorded, and no profiler is left running at interpreter exit
+    (which can crash it). `recorded` counts the recorded calls; a run that ends within
     the first `skip` calls records none and writes nothing. Pass `skip=options.warmup_calls`
     to record the steady state rather than compilation.
 

@@ -1,0 +1,80 @@
+"""Which iterate a run keeps: the early-stopping rules and their scores.
+
+* "oracle" (the papers'): the best LPIPS(alex) against the ground truth over the logged
+  iterates; it needs the ground truth, so it is an evaluation tool, not a restoration one.
+* "holdout": without ground truth, a seeded `holdout_fraction` of the observed pixels is left
+  out of the data terms, and the iterate that predicts them best is kept.
+* "none": the last iterate.
+* "auto": oracle with a ground truth and a monitor, holdout otherwise.
+
+A score is per row (B,), lower is better; the loop keeps, per row, the logged iterate with
+the lowest score (`ReconstructionState.record`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+from lbrgm_fast.errors import UserError
+from lbrgm_fast.objective import Objective
+from lbrgm_fast.operators import Operator
+from lbrgm_fast.runtime.engines import ForwardEngine
+
+EarlyStop = Literal["auto", "oracle", "holdout", "none"]
+RULES: tuple[str, ...] = ("auto", "oracle", "holdout", "none")
+#: Added to a row's seed for its holdout mask, so that the mask's draw is independent of the
+#: candidates' (which use the seed itself).
+HOLDOUT_SEED_OFFSET = 1_000_003
+
+
+def resolve_rule(rule: str, has_ground_truth: bool, has_monitor: bool) -> str:
+    """The rule a run uses ("auto" resolved); UserError when "oracle" cannot be used."""
+    if rule == "auto":
+        rule = "oracle" if has_ground_truth and has_monitor else "holdout"
+    if rule == "oracle" and not (has_ground_truth and has_monitor):
+        raise UserError("early stopping 'oracle' needs a ground truth image and an LPIPS monitor")
+    return rule
+
+
+def holdout_mask(operator: Operator, resolution: int, size: tuple[int, int], seeds: Sequence[int], fraction: float, device: torch.device) -> torch.Tensor:
+    """Seeded per-row Bernoulli(`fraction`) mask over the observed pixels, [B, 1, h, w]
+    (h, w = `size`, the observation's), 1 on the held-out pixels."""
+    with torch.no_grad():
+        observed = operator(torch.ones(1, 3, resolution, resolution, device=device))
+    observed = (observed[:, :1] > 0.5).float().cpu()
+    masks = []
+    for s in seeds:
+        gen = torch.Generator().manual_seed(s + HOLDOUT_SEED_OFFSET)
+        masks.append((torch.rand(1, 1, *size, generator=gen) < fraction).float() * observed)
+    return torch.cat(masks).to(device)
+
+
+def score_function(
+    rule: str,
+    engine: ForwardEngine,
+    objective: Objective,
+    observation: torch.Tensor,
+    ground_truth: torch.Tensor | None,
+    holdout: torch.Tensor | None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The score of `rule` for images [B, 3, H, W] in [-1, 1], (B,).
+
+    Args:
+        rule: A resolved rule ("oracle", "holdout" or "none").
+        engine: Runs the LPIPS(alex) monitor (oracle).
+        objective: Measures the held-out pixels (holdout).
+        observation: y [B, 3, h, w] in [0, 255], every observed pixel (holdout).
+        ground_truth: [B, 3, H, W] in [-1, 1] (oracle).
+        holdout: The held-out pixels [B, 1, h, w] (holdout).
+    """
+    if rule == "oracle":
+        assert ground_truth is not None
+        return lambda images: engine.lpips(images.float(), ground_truth).float()
+    if rule == "holdout":
+        assert holdout is not None
+        return lambda images: objective.holdout_error(images, observation, holdout)
+    # "none": every iterate scores alike, and ties go to the latest.
+    return lambda images: torch.zeros(images.shape[0], device=images.device)
