@@ -313,11 +313,11 @@ class Reconstructor:
         G = self.generator
         self._check_inputs(observation, operator, ground_truth, restarts)
         seeds = _seed_list(seed, observation.shape[0])
-        if restarts > 1:
+        if restarts > 1:  # R rows per observation, row b·R + r
             observation = observation.repeat_interleave(restarts, dim=0)
             ground_truth = None if ground_truth is None else ground_truth.repeat_interleave(restarts, dim=0)
-        candidate_seeds = [s + r for s in seeds for r in range(restarts)]
-        holdout_seeds = [s for s in seeds for _ in range(restarts)]
+        candidate_seeds = [s + r for s in seeds for r in range(restarts)]  # restart r: seed s + r's draws
+        holdout_seeds = [s for s in seeds for _ in range(restarts)]  # one holdout mask per observation
         batch = observation.shape[0]
         if resume is not None and resume.w_plus.shape[0] != batch:
             raise UserError(f"the saved state holds {resume.w_plus.shape[0]} rows; this run has {batch} "
