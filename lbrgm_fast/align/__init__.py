@@ -18,7 +18,8 @@ import torch
 
 from lbrgm_fast.align.ffhq import FaceTransform, face_transform, warp_to_crop
 from lbrgm_fast.align.landmarks import AlignmentUnavailable, DetectedFace, DlibDetector, FacePoints, LandmarkDetector
-from lbrgm_fast.align.paste import FEATHER, paste, seam_mask
+from lbrgm_fast.align import paste as pasting
+from lbrgm_fast.align.paste import FEATHER, seam_mask
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class AlignedFace:
         """`into` (the photo, [3, H, W]) with `restored` ([3, n, n], any n) pasted back in
         place of this crop, feathered over `feather` of the crop's side; pixels outside the
         pasted region are the photo's own."""
-        return paste(restored, into, self.transform, feather)
+        return pasting.paste(restored, into, self.transform, feather)
 
 
 def photo_array(photo: torch.Tensor) -> np.ndarray:
@@ -72,7 +73,6 @@ __all__ = [
     "LandmarkDetector",
     "align_face",
     "align_faces",
-    "paste",
     "photo_array",
     "seam_mask",
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lbrgm_fast.align import AlignedFace, DetectedFace, DlibDetector, LandmarkDetector, align_face, paste, photo_array
+from lbrgm_fast.align import AlignedFace, DetectedFace, DlibDetector, LandmarkDetector, align_face, photo_array
 from lbrgm_fast.align.ffhq import ffhq_quad
 from lbrgm_fast.errors import ImageError, UserError
 from lbrgm_fast.io import find_inputs, load_image, read_image, save_image, write_json
