@@ -9,6 +9,7 @@ generator with a few steps, as in test_cli.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -32,8 +33,11 @@ runner = CliRunner()
 #: The astronaut's face box (left, top, right, bottom) and the mission patch's, in its 512 px photo.
 FACE_BOX = (175, 76, 266, 167)
 PATCH_BOX = (126, 335, 216, 426)
-#: Bounds the tests hold the alignment to (measured: eye centres 0.05-0.35 px apart at 256 px;
-#: aligned crops 27.7 dB (rotation) and 22.3 dB (half scale) from the original's; round trip 33.5 dB).
+#: Bounds the tests hold the alignment to (measured: the 68 landmarks 0.8 px (rotation) and
+#: 0.5 px (half scale, in half-scale pixels) from where the original's go, on average; eye centres
+#: 0.05-0.35 px apart in the 256 px crop; crops 27.7 dB (rotation) and 22.3 dB (half scale) from
+#: the original's; round trip 33.5 dB).
+LANDMARK_MEAN_ERROR_PX = 1.5
 EYE_TOLERANCE_PX = 1.0
 CROP_PSNR_ROTATED_DB = 25.0
 CROP_PSNR_HALF_DB = 20.0
@@ -135,8 +139,16 @@ def test_alignment_is_stable_under_rotation_and_scale(detector: DlibDetector, as
     }
     (reference,) = align_faces(tensor(astronaut), 256, detector)
     np.testing.assert_allclose(eye_centres(reference), [[96, 122.5], [160, 122.5]], atol=1.0)  # FFHQ's eye positions
+    # Where the photo's landmarks go: PIL turns counter-clockwise about the centre, then `expand`
+    # recentres; halving maps a continuous coordinate p to p / 2.
+    turn = np.deg2rad(15)
+    rotation = np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]])
+    centre = np.array(variants["rotated"].shape[1::-1]) / 2
+    moved = {"rotated": (reference.face.landmarks - 256) @ rotation.T + centre, "half": reference.face.landmarks / 2}  # type: ignore[operator]
     for name, variant in variants.items():
         (face,) = align_faces(tensor(variant), 256, detector)
+        error = np.hypot(*(face.face.landmarks - moved[name]).T)  # type: ignore[operator]
+        assert error.mean() < LANDMARK_MEAN_ERROR_PX, name
         np.testing.assert_allclose(eye_centres(face), eye_centres(reference), atol=EYE_TOLERANCE_PX, err_msg=name)
         bound = CROP_PSNR_ROTATED_DB if name == "rotated" else CROP_PSNR_HALF_DB
         assert psnr(face.image, reference.image) > bound, name
@@ -191,8 +203,8 @@ def test_run_align_restores_faces_and_pastes_them_back(
     blank = save(np.full((100, 100, 3), 90, dtype=np.uint8), tmp_path / "blank.png")
     (face,) = align_faces(tensor(astronaut), 32, detector)
     outside = seam_mask(face.transform) == 0
-    # (Super-resolution with 0 steps: the best candidate is the restoration; it keeps the test short.)
-    for task in (["--mask-preset", "eyes"], ["--task", "superres", "--kernel", "area", "--steps", "0"]):
+    # (2 steps, and 0 for super-resolution, where the best candidate is the restoration: short.)
+    for task in (["--mask-preset", "eyes", "--steps", "2"], ["--task", "superres", "--kernel", "area", "--steps", "0"]):
         out = tmp_path / task[1]
         result = runner.invoke(app, [*base_run(weights, out, str(photo), str(blank), *task), "--align"])
         assert result.exit_code == 2, result.output
@@ -201,6 +213,8 @@ def test_run_align_restores_faces_and_pastes_them_back(
         full = np.asarray(Image.open(out / "astro" / "restored_full.png"))
         assert full.shape == astronaut.shape
         assert np.array_equal(full[outside.numpy()], astronaut[outside.numpy()])
+        left, top, right, bottom = PATCH_BOX
+        assert np.array_equal(full[top:bottom, left:right], astronaut[top:bottom, left:right])  # the patch
         assert not np.array_equal(full, astronaut)
         report = json.loads((out / "astro-face0" / "report.json").read_text())
         assert report["status"] == "done"
@@ -223,15 +237,23 @@ def test_run_align_refuses_a_face_too_small_for_the_factor(
 
 
 def test_missing_extra_is_one_line(weights: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib now fails, installed or not
     photo = save(np.zeros((64, 64, 3), dtype=np.uint8), tmp_path / "photo.png")
-    for args in (["align", str(photo), "--out", str(tmp_path / "a")], [*base_run(weights, tmp_path / "b", str(photo)), "--align"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 2, result.output
-        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
-        assert 'pip install "lbrgm-fast[align]"' in result.stderr
-    monkeypatch.delitem(sys.modules, "dlib")
-    monkeypatch.setattr(landmarks, "_model_folder", lambda: tmp_path)  # dlib present, its models not
-    if landmarks.importlib.util.find_spec("dlib") is not None:
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "dlib", None)  # import dlib now fails, installed or not
+        for args in (["align", str(photo), "--out", str(tmp_path / "a")], [*base_run(weights, tmp_path / "b", str(photo)), "--align"]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 2, result.output
+            assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+            assert 'pip install "lbrgm-fast[align]"' in result.stderr
+    if importlib.util.find_spec("dlib") is not None:
+        monkeypatch.setattr(landmarks, "_model_folder", lambda: tmp_path)  # dlib present, its models not
         with pytest.raises(AlignmentUnavailable, match="shape_predictor_68_face_landmarks.dat is missing"):
             DlibDetector()
+
+
+def test_bad_face_choices_are_one_line(weights: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    photo = save(np.zeros((64, 64, 3), dtype=np.uint8), tmp_path / "photo.png")
+    for args, message in ((["align", str(photo), "--out", str(tmp_path), "--face", "left"], "--face must be all, largest or a face index"),
+                          ([*base_run(weights, tmp_path, str(photo)), "--face", "1"], "add --align")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.output

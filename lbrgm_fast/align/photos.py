@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from lbrgm_fast.align import AlignedFace, DetectedFace, DlibDetector, LandmarkDetector, align_face, photo_array
-from lbrgm_fast.align.ffhq import ffhq_quad
+from lbrgm_fast.align.ffhq import FaceTransform, ffhq_quad
+from lbrgm_fast.align.paste import paste
 from lbrgm_fast.errors import ImageError, UserError
 from lbrgm_fast.io import find_inputs, load_image, read_image, save_image, write_json
 from lbrgm_fast.job import InputOutcome, Reporter, RunOptions, _folder_names, run_job
@@ -34,13 +35,14 @@ PASTED = {"restored.png": "restored_full.png", "merged.png": "merged_full.png"}
 
 @dataclass
 class StagedFace:
-    """One face aligned and written to disk (the crop and its JSON share a stem, `name`)."""
+    """One face aligned and written to disk (the crop and its JSON share a stem, `name`); the
+    crop's pixels stay on disk only, so a folder of photos does not pile up in memory."""
 
     name: str
     photo: Path
     index: int
     crop: Path
-    aligned: AlignedFace
+    transform: FaceTransform
 
 
 def parse_face_choice(value: str) -> FaceChoice:
@@ -112,7 +114,7 @@ def stage_photo(
             continue
         save_image(crop, aligned.image)
         write_json(crop.with_suffix(".json"), face_record(path, k, aligned))
-        staged.append(StagedFace(crop.stem, path, k, crop, aligned))
+        staged.append(StagedFace(crop.stem, path, k, crop, aligned.transform))
     return staged, problems
 
 
@@ -181,39 +183,40 @@ def run_aligned(
 
     paths, problems = find_inputs(options.inputs)
     failed = [InputOutcome(name=name, source=name, status="failed", message=problem) for name, problem in problems]
-    staged: list[StagedFace] = []
+    photos: list[tuple[Path, str, list[StagedFace]]] = []
     for path, name in zip(paths, _folder_names(paths)):
         try:
             faces, skipped = stage_photo(path, name, options.out / "aligned", detector, choice, crop_size)
         except UserError as exc:
             failed.append(InputOutcome(name=name, source=str(path), status="failed", message=str(exc)))
             continue
-        staged += faces
+        photos.append((path, name, faces))
         failed += [InputOutcome(name=face, source=str(path), status="failed", message=problem) for face, problem in skipped]
+    staged = [face for _, _, faces in photos for face in faces]
     if not staged:
         return failed
     outcomes = run_job(dataclasses.replace(options, inputs=[str(s.crop) for s in staged]), reporter)
-    by_folder = {o.name: o for o in outcomes}
-    for photo, name in zip(paths, _folder_names(paths)):
-        faces = [(s, by_folder[s.name]) for s in staged if s.photo == photo and by_folder[s.name].status != "failed"]
-        if faces:
-            written = paste_back(photo, [(s.aligned, o.folder) for s, o in faces], options.out / name)  # type: ignore[misc]
-            for _, o in faces:
+    by_name = {o.name: o for o in outcomes}  # the job names each folder after its crop
+    for path, name, faces in photos:
+        restored = [(s.transform, by_name[s.name]) for s in faces if by_name[s.name].status != "failed"]
+        if restored:
+            written = paste_back(path, [(t, o.folder) for t, o in restored], options.out / name)  # type: ignore[misc]
+            for _, o in restored:
                 o.notes.append(f"pasted back into {', '.join(str(p) for p in written)}")
     return failed + outcomes
 
 
-def paste_back(photo: Path, faces: list[tuple[AlignedFace, Path]], folder: Path) -> list[Path]:
+def paste_back(photo: Path, faces: list[tuple[FaceTransform, Path]], folder: Path) -> list[Path]:
     """Paste each face's restoration (from its job folder) into the photo; write one full-size
     file per pasted output (`PASTED`) into `folder`. Returns the files written."""
     image, _ = read_image(photo)
     written = []
     for result, full in PASTED.items():
         pasted: torch.Tensor | None = None
-        for aligned, results in faces:
+        for transform, results in faces:
             if (results / result).is_file():
                 restored, _ = load_image(results / result)
-                pasted = aligned.paste(restored, into=image if pasted is None else pasted)
+                pasted = paste(restored, image if pasted is None else pasted, transform)
         if pasted is not None:
             save_image(folder / full, pasted)
             written.append(folder / full)
