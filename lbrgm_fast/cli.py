@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -75,7 +76,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]: finished inputs are saved; `--resume` continues the others")
@@ -200,6 +201,8 @@ def run(
     kernel: Annotated[str, typer.Option(help="Downsampling kernel: bicubic (BRGM), area, bicubic-aa.", rich_help_panel=TASK)] = "bicubic",
     degrade: Annotated[bool, typer.Option(help="Inputs are clean images: make the observation with the operator and use them as ground truth.", rich_help_panel=TASK)] = False,
     ground_truth: Annotated[Optional[str], typer.Option(help="Clean image (or folder of same-named images) for metrics and oracle early stopping.", rich_help_panel=TASK)] = None,
+    align: Annotated[bool, typer.Option("--align", help="Inputs are photos (any size, any number of faces): align each face as FFHQ, restore it, paste it back into OUT/NAME/restored_full.png (needs the align extra).", rich_help_panel=TASK)] = False,
+    face: Annotated[str, typer.Option(help="With --align: all | largest | INDEX (0 = leftmost face).", rich_help_panel=TASK)] = "all",
     # -- method
     method: Annotated[str, typer.Option(help="lbrgm | brgm | none.", rich_help_panel=METHOD)] = "lbrgm",
     preset: Annotated[str, typer.Option(help="L-BRGM settings: authors (default, the published numbers) | paper (the paper's text).", rich_help_panel=METHOD)] = "authors",
@@ -238,13 +241,21 @@ def run(
     from lbrgm_fast.io import json_text
     from lbrgm_fast.job import RunOptions, run_job
 
-    given = locals()  # the parameters above: each one but --quiet and --json is a RunOptions field
+    given = locals()  # the parameters above: each one but --align, --face, --quiet and --json is a RunOptions field
     with user_errors():
         options = RunOptions(**{f.name: given[f.name] for f in fields(RunOptions) if f.name in given})
-        outcomes = run_job(options, RichReporter(quiet or json_out))
+        if face != "all" and not align:
+            raise UserError("--face chooses among the faces --align finds; add --align")
+        reporter = RichReporter(quiet or json_out)
+        if align:
+            from lbrgm_fast.align.photos import parse_face_choice, run_aligned
+
+            outcomes = run_aligned(options, parse_face_choice(face), reporter)
+        else:
+            outcomes = run_job(options, reporter)
     for o in outcomes:
         if o.status != "done":
-            stderr.print(f"[red]{o.status}:[/] {o.name}: {o.message}", highlight=False)
+            stderr.print(f"[red]{o.status}:[/] {o.name}: {escape(o.message)}", highlight=False)
         for n in o.notes:
             stderr.print(f"[cyan]note:[/] {o.name}: {n}", highlight=False)
     if json_out:
@@ -252,6 +263,31 @@ def run(
     elif not quiet:
         stderr.print(_summary_table(outcomes))
     if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(2)
+
+
+@app.command(cls=FlagCommand)
+def align(
+    photos: Annotated[list[str], typer.Argument(help="Photos, folders or globs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: NAME-faceK.png and NAME-faceK.json (the transform) per face.")],
+    size: Annotated[int, typer.Option(help="Side of the aligned crops in pixels.")] = 1024,
+    face: Annotated[str, typer.Option(help="all | largest | INDEX (0 = leftmost face).")] = "all",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the faces written as JSON on stdout.")] = False,
+) -> None:
+    """Align the faces of photos as FFHQ's were (needs the align extra): one crop per face and
+    its transform, which `lbrgm_fast.align.paste` undoes."""
+    from lbrgm_fast.align.photos import align_photos, parse_face_choice
+
+    with user_errors():
+        staged, problems = align_photos(photos, out, size, parse_face_choice(face))
+    for name, problem in problems:
+        stderr.print(f"[red]failed:[/] {name}: {escape(problem)}", highlight=False)
+    if json_out:
+        print(json.dumps([{"photo": str(s.photo), "face": s.index, "crop": str(s.crop), "transform": str(s.crop.with_suffix(".json"))} for s in staged], indent=2))
+    else:
+        for s in staged:
+            stderr.print(f"{s.photo}: face {s.index} -> {s.crop}", highlight=False)
+    if problems:
         raise typer.Exit(2)
 
 

@@ -90,12 +90,9 @@ def _to_float_rgb(img: Image.Image, path: Path, notes: list[str]) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def load_image(path: str | Path, size: int | None = None, strict: bool = False) -> tuple[torch.Tensor, list[str]]:
-    """Load an image as [3, H, W] in [0, 1], with notes on what was changed.
-
-    Non-square images are centre-cropped to a square and resized to `size` (as BRGM does), each
-    with a note; `strict=True` makes either an ImageError instead.
-    """
+def read_image(path: str | Path) -> tuple[torch.Tensor, list[str]]:
+    """Read an image as it is, [3, H, W] in [0, 1], with notes on the conversions (grayscale,
+    alpha, 16 bits); raises ImageError for a missing or unreadable file."""
     path = Path(path)
     notes: list[str] = []
     if not path.is_file():
@@ -106,8 +103,18 @@ def load_image(path: str | Path, size: int | None = None, strict: bool = False) 
             array = _to_float_rgb(img, path, notes)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-    h, w = array.shape[:2]
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1), notes
+
+
+def load_image(path: str | Path, size: int | None = None, strict: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Load an image as [3, H, W] in [0, 1], with notes on what was changed.
+
+    Non-square images are centre-cropped to a square and resized to `size` (as BRGM does), each
+    with a note; `strict=True` makes either an ImageError instead.
+    """
+    path = Path(path)
+    tensor, notes = read_image(path)
+    h, w = tensor.shape[1:]
     if h != w:
         if strict:
             raise ImageError(f"{path}: image is {w}x{h}, not square (--strict)")
