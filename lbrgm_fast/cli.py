@@ -199,14 +199,15 @@ def run(
     ground_truth: Annotated[Optional[str], typer.Option(help="Clean image (or folder of same-named images) for metrics and oracle early stopping.", rich_help_panel=TASK)] = None,
     # -- method
     method: Annotated[str, typer.Option(help="lbrgm | brgm | none.", rich_help_panel=METHOD)] = "lbrgm",
-    preset: Annotated[str, typer.Option(help="L-BRGM settings: authors (default, the published numbers) | paper (the paper's text).", rich_help_panel=METHOD)] = "authors",
+    preset: Annotated[Optional[str], typer.Option(help="lbrgm / none: authors (default, the published numbers) | paper (the paper's text); brgm: brgm-pytorch (default, BRGM's code) | lbrgm-paper (the copy the L-BRGM paper compared against).", rich_help_panel=METHOD)] = None,
     steps: Annotated[int, typer.Option(help="Adam steps.", rich_help_panel=METHOD)] = 2000,
     candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.", rich_help_panel=METHOD)] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the candidates and the held-out pixels.", rich_help_panel=METHOD)] = 0,
     restarts: Annotated[int, typer.Option(help="Independent runs of each image (seeds seed … seed+N-1), optimised together in one batch; the one the early-stopping score rates best is kept.", rich_help_panel=METHOD)] = 1,
     # -- early stopping
     early_stop: Annotated[str, typer.Option(help="auto | oracle (LPIPS vs ground truth) | holdout (held-out pixels) | none.", rich_help_panel=EARLY_STOP)] = "auto",
-    log_every: Annotated[int, typer.Option(help="Steps between progress updates and best-iterate checks.", rich_help_panel=EARLY_STOP)] = 10,
+    log_every: Annotated[int, typer.Option(help="Steps between progress updates and history entries.", rich_help_panel=EARLY_STOP)] = 10,
+    track_every: Annotated[int, typer.Option(help="Steps between early-stopping scores (1: every step, as the authors; on the device, no waiting).", rich_help_panel=EARLY_STOP)] = 1,
     # -- speed
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.", rich_help_panel=SPEED)] = "auto",
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP, rich_help_panel=SPEED)] = 1,
@@ -334,7 +335,7 @@ def build(
 @app.command(cls=FlagCommand)
 def bench(
     shape: Annotated[str, typer.Option(help="Comma-separated: tiny32, ffhqlike64, ffhq256, ffhq1024.")] = "ffhqlike64",
-    modes: Annotated[Optional[str], typer.Option(help="Comma-separated {eager|compiled}-{fp32|bf16|fp16}[-graphs] (default per device).")] = None,
+    modes: Annotated[Optional[str], typer.Option(help="Comma-separated {eager|compiled}-{fp32|bf16|fp16}[-graphs][-tracked] (default per device; -tracked adds the per-step oracle: LPIPS(alex) and keeping the best iterate).")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1",
     steps: Annotated[int, typer.Option(help="Timed steps per measurement.")] = 10,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda when available).")] = "auto",

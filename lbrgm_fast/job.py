@@ -55,7 +55,7 @@ class RunOptions:
     degrade: bool = False
     ground_truth: str | None = None
     method: str = "lbrgm"
-    preset: str = "authors"
+    preset: str | None = None
     steps: int = 2000
     candidates: int = 100
     seed: int = 0
@@ -64,6 +64,7 @@ class RunOptions:
     device: str = "auto"
     early_stop: str = "auto"
     log_every: int = 10
+    track_every: int = 1
     frames: int = 0
     vgg16: str | None = None
     alexnet: str | None = None
@@ -330,7 +331,7 @@ def run_job(
     if options.ground_truth and not Path(options.ground_truth).exists():
         raise UserError(f"--ground-truth {options.ground_truth}: no such file or folder")
     for flag, value, least in (("--steps", options.steps, 0), ("--candidates", options.candidates, 1),
-                               ("--log-every", options.log_every, 1), ("--frames", options.frames, 0),
+                               ("--log-every", options.log_every, 1), ("--track-every", options.track_every, 1), ("--frames", options.frames, 0),
                                ("--restarts", options.restarts, 1)):
         if value < least:
             raise UserError(f"{flag} must be >= {least}, got {value}")
@@ -412,6 +413,7 @@ def run_job(
                         steps=options.steps,
                         candidates=options.candidates,
                         log_every=options.log_every,
+                        track_every=options.track_every,
                         early_stop=options.early_stop,  # type: ignore[arg-type]
                         monitor=models.monitor if has_gt else None,
                         step_options=step_options,
