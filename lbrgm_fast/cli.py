@@ -252,6 +252,64 @@ def run(
         raise typer.Exit(2)
 
 
+def _names(value: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given)."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("eval", cls=FlagCommand)
+def eval_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: cells/, results.csv, summary.md, summary.json, figure-<task>.png.")],
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="StyleGAN2 checkpoint.")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Engine plan made by `lbrgm-fast build` (instead of --checkpoint).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of clean images (the ground truths).")] = None,
+    in_range: Annotated[Optional[int], typer.Option(help="Instead of --images: N ground truths made by the generator itself (seeded by --seed).")] = None,
+    protocol: Annotated[str, typer.Option(help="paper1024 (Table 2) | paper256 (Table 1) | quick (a small grid).")] = "quick",
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated inpaint:<mask preset> / superres:<factor> (default: the protocol's).")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated lbrgm, brgm, none (default: the protocol's).")] = None,
+    steps: Annotated[int, typer.Option(help="Adam steps.")] = 2000,
+    candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for the candidates and --in-range.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images restored together.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the step (default: on for 500+ steps).")] = None,
+    vgg16: Annotated[Optional[str], typer.Option(help="torchvision VGG16 weights.")] = None,
+    alexnet: Annotated[Optional[str], typer.Option(help="torchvision AlexNet weights.")] = None,
+) -> None:
+    """The papers' tables on your generator: restore, measure and compare (resumable)."""
+    from lbrgm_fast import evaluate as ev
+    from lbrgm_fast.loading import load_models
+    from lbrgm_fast.runtime import resolve_device
+    from lbrgm_fast.runtime.step import auto_step_options
+
+    with user_errors():
+        if (checkpoint is None) == (engine is None) or (images is None) == (in_range is None):
+            raise UserError("give one of --checkpoint / --engine and one of --images / --in-range")
+        if steps < 0 or candidates < 1 or batch_size < 1:
+            raise UserError(f"--steps must be >= 0, --candidates and --batch-size >= 1; got {steps}, {candidates}, {batch_size}")
+        torch_device = resolve_device(device)
+        step_options = auto_step_options(torch_device, steps=steps, compile=compile)
+        models = load_models(checkpoint or engine, torch_device, vgg16=vgg16, alexnet=alexnet, monitor="required")  # type: ignore[arg-type]
+        resolution = models.generator.img_resolution
+        task_list, method_list = ev.resolve_grid(protocol, _names(tasks), _names(methods), resolution)
+        failed: list[tuple[str, str]] = []
+        if images is not None:
+            targets, failed = ev.folder_targets(images, resolution)
+        else:
+            targets = ev.in_range_targets(models.generator, in_range, seed)  # type: ignore[arg-type]
+        for name, message in failed:
+            stderr.print(f"[red]failed:[/] {name}: {message}", highlight=False)
+        rows = ev.evaluate(models.generator, models.perceptual, models.monitor, targets, task_list, method_list, out,  # type: ignore[arg-type]
+                           steps=steps, candidates=candidates, seed=seed, batch_size=batch_size, step_options=step_options,
+                           on_note=lambda message: stderr.print(message, highlight=False))
+        rows += [ev.failed_row(name, task, method, message) for name, message in failed for task in task_list for method in method_list]
+        ev.write_results(rows, out)
+        ev.write_figures(rows, targets, out)
+    stderr.print(f"wrote {out / 'summary.md'}")
+    if any(r["status"] == "failed" for r in rows):
+        raise typer.Exit(2)
+
+
 @app.command(cls=FlagCommand)
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("lbrgm-demo"),
