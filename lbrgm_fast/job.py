@@ -23,6 +23,7 @@ from lbrgm_fast.errors import ImageError, UserError
 from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, save_npz, write_json
 from lbrgm_fast.loading import Models
 from lbrgm_fast.loading import load_models as load_source_models
+from lbrgm_fast.methods import resolve_preset
 from lbrgm_fast.objective import TERM_NAMES
 from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution, infer_factor
 from lbrgm_fast.perceptual import LpipsAlex
@@ -335,6 +336,7 @@ def run_job(
                                ("--restarts", options.restarts, 1)):
         if value < least:
             raise UserError(f"{flag} must be >= {least}, got {value}")
+    resolve_preset(options.method, options.preset)
     for flag, folder in (("--out", options.out), ("--profile", options.profile)):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{flag} {folder} is a file; give a folder (it is made if missing)")
