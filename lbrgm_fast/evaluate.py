@@ -58,6 +58,8 @@ PROTOCOLS: dict[str, Protocol] = {
     "paper256": Protocol(("inpaint:right-half", "superres:4"), ("lbrgm", "brgm"), 256),
     "quick": Protocol(("inpaint:right-half", "inpaint:eyes", "superres:4"), ("lbrgm", "brgm", "none"), None),
 }
+#: Added to --seed for the in-range ground truths' z, so that they are not the candidates' draws.
+IN_RANGE_SEED_OFFSET = 2_000_003
 #: Images per task figure (the first ones every method finished).
 FIGURE_ROWS = 8
 #: Figures are enlarged (nearest) until a panel is at least this wide, so the labels fit.
@@ -104,11 +106,12 @@ def resolve_grid(protocol: str, tasks: Sequence[str] | None, methods: Sequence[s
 
 
 def in_range_targets(generator: Generator, count: int, seed: int) -> list[Target]:
-    """`count` images the generator itself makes, G(M(z)) for z drawn with `seed`: targets it can
-    reproduce exactly (an in-range benchmark)."""
+    """`count` images the generator itself makes, G(M(z)) for z drawn with `seed` +
+    `IN_RANGE_SEED_OFFSET`: targets it can reproduce exactly (an in-range benchmark), drawn
+    apart from the candidates of the same seed (otherwise a start would be a ground truth)."""
     if count < 1:
         raise UserError(f"--in-range must be >= 1, got {count}")
-    z = torch.randn(count, generator.z_dim, generator=torch.Generator().manual_seed(seed))
+    z = torch.randn(count, generator.z_dim, generator=torch.Generator().manual_seed(seed + IN_RANGE_SEED_OFFSET))
     device = next(generator.parameters()).device
     with torch.no_grad():
         images = torch.cat([((generator(chunk.to(device)) + 1) / 2).clamp(0, 1).cpu() for chunk in z.split(8)])
