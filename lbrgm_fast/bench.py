@@ -7,8 +7,11 @@ peak memory, achieved TFLOP/s and the speed-up over the eager float32 step measu
 run. Weights are random (seeded): speed does not depend on their values, and the package must
 not depend on the test fixtures.
 
-Modes are named `{eager|compiled}-{fp32|bf16|fp16}[-graphs]`, e.g. "eager-fp32" (the research
-code's numerics, the baseline), "compiled-bf16-graphs" (the GPU default).
+Modes are named `{eager|compiled}-{fp32|bf16|fp16}[-graphs][-tracked]`, e.g. "eager-fp32" (the
+research code's numerics, the baseline), "compiled-bf16-graphs" (the GPU default). "-tracked"
+adds what the loop does after every step with per-step oracle tracking (`track_every=1`, the
+default): score the iterate's images by LPIPS(alex) against a ground truth and keep the best
+iterate in a `ReconstructionState`, on the device; compare "eager-fp32,eager-fp32-tracked".
 
 Timing: every mode of a shape and batch size is built and warmed up first, then the modes
 are timed in turn, round after round, so that a busy spell on a shared machine slows them
@@ -45,7 +48,8 @@ from lbrgm_fast.errors import UserError
 from lbrgm_fast.methods import method_settings
 from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
-from lbrgm_fast.perceptual import VGG16Features
+from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.state import ReconstructionState
 from lbrgm_fast.loop import AdamStep
 from lbrgm_fast.objective import TOTAL, Objective, generator_to_255
 from lbrgm_fast.runtime.devices import cpu_features, resolve_device
@@ -75,6 +79,8 @@ SHAPES: dict[str, GeneratorConfig] = {
     "ffhq1024": GeneratorConfig(z_dim=512, w_dim=512, img_resolution=1024, channel_base=32768, num_fp16_res=4, conv_clamp=256),
 }
 BASELINE_MODE = "eager-fp32"
+#: Mode suffix: every step followed by the oracle's per-step tracking (LPIPS(alex) + keep the best).
+TRACKED = "-tracked"
 #: Timing rounds on CUDA (each a block of `steps` unsynchronised steps per mode).
 CUDA_ROUNDS = 3
 #: Steps recorded per mode when profiling (after the timed rounds, so that the profiler's
@@ -132,12 +138,12 @@ def default_modes(device: torch.device) -> tuple[str, ...]:
 
 def parse_mode(mode: str) -> StepOptions:
     """'compiled-bf16-graphs' -> StepOptions(compile=True, precision='bf16', cuda_graphs=True)."""
-    parts = mode.split("-")
+    parts = mode.removesuffix(TRACKED).split("-")
     graphs = parts[-1] == "graphs"
     if graphs:
         parts = parts[:-1]
     if len(parts) != 2 or parts[0] not in ("eager", "compiled") or parts[1] not in PRECISIONS:
-        raise UserError(f"unknown mode {mode!r}; expected {{eager|compiled}}-{{{'|'.join(PRECISIONS)}}}[-graphs]")
+        raise UserError(f"unknown mode {mode!r}; expected {{eager|compiled}}-{{{'|'.join(PRECISIONS)}}}[-graphs][{TRACKED}]")
     return StepOptions(compile=parts[0] == "compiled", precision=parts[1], cuda_graphs=graphs)  # type: ignore[arg-type]
 
 
@@ -162,13 +168,18 @@ class _Problem:
     w0: torch.Tensor
     z0: torch.Tensor
     flops: int
+    truth: torch.Tensor  # the observation's clean image [B, 3, H, W] in [-1, 1], for "-tracked"
+    monitor: LpipsAlex
 
 
-def _build_models(config: GeneratorConfig, vgg_resolution: int, seed: int, device: torch.device) -> tuple[Generator, VGG16Features, Inpainting]:
+_Models = tuple[Generator, VGG16Features, Inpainting, LpipsAlex]
+
+
+def _build_models(config: GeneratorConfig, vgg_resolution: int, seed: int, device: torch.device) -> _Models:
     torch.manual_seed(seed)  # Generator() draws its random weights from the global generator
     G = Generator(config).eval().requires_grad_(False).to(device)
     vgg = VGG16Features.random(seed, vgg_resolution).to(device)
-    return G, vgg, Inpainting.from_preset("eyes", config.img_resolution).to(device)
+    return G, vgg, Inpainting.from_preset("eyes", config.img_resolution).to(device), LpipsAlex.random(seed).to(device)
 
 
 def _count_flops(objective: Objective, w0: torch.Tensor, z0: torch.Tensor) -> int:
@@ -180,17 +191,33 @@ def _count_flops(objective: Objective, w0: torch.Tensor, z0: torch.Tensor) -> in
     return counter.get_total_flops()
 
 
-def _problem(models: tuple[Generator, VGG16Features, Inpainting], batch: int, seed: int) -> _Problem:
-    G, vgg, operator = models
+def _problem(models: _Models, batch: int, seed: int) -> _Problem:
+    G, vgg, operator, monitor = models
     device = next(G.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     z_obs = torch.randn(batch, G.z_dim, generator=gen).to(device)
     z0 = torch.randn(batch, G.z_dim, generator=gen).to(device)
     with torch.no_grad():
-        observation = operator(generator_to_255(G.synthesis(G.mapping(z_obs))))
+        truth = G.synthesis(G.mapping(z_obs))
+        observation = operator(generator_to_255(truth))
         w0 = G.mapping(z0)
     objective = Objective(G, operator, vgg, method_settings("lbrgm"), observation, None)
-    return _Problem(objective, w0, z0, _count_flops(objective, w0, z0))
+    return _Problem(objective, w0, z0, _count_flops(objective, w0, z0), truth, monitor)
+
+
+def _tracked(step: Callable[[], tuple[torch.Tensor, ...]], problem: _Problem, w: torch.Tensor, z: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """`step` followed by the loop's per-step oracle tracking: LPIPS(alex) of the iterate's
+    images against the ground truth, and the best iterate kept on the device (no host read)."""
+    state = ReconstructionState.start(w, z)
+
+    def tracked() -> tuple[torch.Tensor, ...]:
+        terms, images, w_k, z_k = step()
+        with torch.no_grad():
+            state.keep_best(state.step, problem.monitor(images.float(), problem.truth), w_k, z_k)
+        state.step += 1
+        return terms, images, w_k, z_k
+
+    return tracked
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -284,6 +311,8 @@ def _prepare(problem: _Problem, mode: str, device: torch.device, baseline_memory
     z = problem.z0.clone().requires_grad_(True)
     optimizer = make_optimizer([w, z], objective.settings.lr, objective.settings.betas, options, device)
     step = make_step(AdamStep(optimizer, w, z, options.precision), objective, options)
+    if mode.endswith(TRACKED):
+        step = _tracked(step, problem, w, z)
     _sync(device)
     start = time.perf_counter()
     # One more than the compile / capture calls, so that first-touch costs (allocator,

@@ -205,14 +205,15 @@ def run(
     face: Annotated[str, typer.Option(help="With --align: all | largest | INDEX (0 = leftmost face).", rich_help_panel=TASK)] = "all",
     # -- method
     method: Annotated[str, typer.Option(help="lbrgm | brgm | none.", rich_help_panel=METHOD)] = "lbrgm",
-    preset: Annotated[str, typer.Option(help="L-BRGM settings: authors (default, the published numbers) | paper (the paper's text).", rich_help_panel=METHOD)] = "authors",
+    preset: Annotated[Optional[str], typer.Option(help="lbrgm / none: authors (default, the published numbers) | paper (the paper's text); brgm: brgm-pytorch (default, BRGM's code) | lbrgm-paper (the copy the L-BRGM paper compared against).", rich_help_panel=METHOD)] = None,
     steps: Annotated[int, typer.Option(help="Adam steps.", rich_help_panel=METHOD)] = 2000,
     candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.", rich_help_panel=METHOD)] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the candidates and the held-out pixels.", rich_help_panel=METHOD)] = 0,
     restarts: Annotated[int, typer.Option(help="Independent runs of each image (seeds seed … seed+N-1), optimised together in one batch; the one the early-stopping score rates best is kept.", rich_help_panel=METHOD)] = 1,
     # -- early stopping
     early_stop: Annotated[str, typer.Option(help="auto | oracle (LPIPS vs ground truth) | holdout (held-out pixels) | none.", rich_help_panel=EARLY_STOP)] = "auto",
-    log_every: Annotated[int, typer.Option(help="Steps between progress updates and best-iterate checks.", rich_help_panel=EARLY_STOP)] = 10,
+    log_every: Annotated[int, typer.Option(help="Steps between progress updates and history entries.", rich_help_panel=EARLY_STOP)] = 10,
+    track_every: Annotated[int, typer.Option(help="Steps between early-stopping scores (1: every step, as the authors; on the device, no waiting).", rich_help_panel=EARLY_STOP)] = 1,
     # -- speed
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.", rich_help_panel=SPEED)] = "auto",
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP, rich_help_panel=SPEED)] = 1,
@@ -263,6 +264,64 @@ def run(
     elif not quiet:
         stderr.print(_summary_table(outcomes))
     if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(2)
+
+
+def _names(value: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given)."""
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command("eval", cls=FlagCommand)
+def eval_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: cells/, results.csv, summary.md, summary.json, figure-<task>.png.")],
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="StyleGAN2 checkpoint.")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Engine plan made by `lbrgm-fast build` (instead of --checkpoint).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="Folder of clean images (the ground truths).")] = None,
+    in_range: Annotated[Optional[int], typer.Option(help="Instead of --images: N ground truths made by the generator itself (seeded by --seed).")] = None,
+    protocol: Annotated[str, typer.Option(help="paper1024 (Table 2) | paper256 (Table 1) | quick (a small grid).")] = "quick",
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated inpaint:<mask preset> / superres:<factor> (default: the protocol's).")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated lbrgm, brgm, none (default: the protocol's).")] = None,
+    steps: Annotated[int, typer.Option(help="Adam steps.")] = 2000,
+    candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for the candidates and --in-range.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images restored together.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the step (default: on for 500+ steps).")] = None,
+    vgg16: Annotated[Optional[str], typer.Option(help="torchvision VGG16 weights.")] = None,
+    alexnet: Annotated[Optional[str], typer.Option(help="torchvision AlexNet weights.")] = None,
+) -> None:
+    """The papers' tables on your generator: restore, measure and compare (resumable)."""
+    from lbrgm_fast import evaluate as ev
+    from lbrgm_fast.loading import load_models
+    from lbrgm_fast.runtime import resolve_device
+    from lbrgm_fast.runtime.step import auto_step_options
+
+    with user_errors():
+        if (checkpoint is None) == (engine is None) or (images is None) == (in_range is None):
+            raise UserError("give one of --checkpoint / --engine and one of --images / --in-range")
+        if steps < 0 or candidates < 1 or batch_size < 1:
+            raise UserError(f"--steps must be >= 0, --candidates and --batch-size >= 1; got {steps}, {candidates}, {batch_size}")
+        torch_device = resolve_device(device)
+        step_options = auto_step_options(torch_device, steps=steps, compile=compile)
+        models = load_models(checkpoint or engine, torch_device, vgg16=vgg16, alexnet=alexnet, monitor="required")  # type: ignore[arg-type]
+        resolution = models.generator.img_resolution
+        task_list, method_list = ev.resolve_grid(protocol, _names(tasks), _names(methods), resolution)
+        failed: list[tuple[str, str]] = []
+        if images is not None:
+            targets, failed = ev.folder_targets(images, resolution)
+        else:
+            targets = ev.in_range_targets(models.generator, in_range, seed)  # type: ignore[arg-type]
+        for name, message in failed:
+            stderr.print(f"[red]failed:[/] {name}: {message}", highlight=False)
+        rows = ev.evaluate(models.generator, models.perceptual, models.monitor, targets, task_list, method_list, out,  # type: ignore[arg-type]
+                           steps=steps, candidates=candidates, seed=seed, batch_size=batch_size, step_options=step_options,
+                           on_note=lambda message: stderr.print(message, highlight=False))
+        rows += [ev.failed_row(name, task, method, message) for name, message in failed for task in task_list for method in method_list]
+        ev.write_results(rows, out)
+        ev.write_figures(rows, targets, out)
+    stderr.print(f"wrote {out / 'summary.md'}")
+    if any(r["status"] == "failed" for r in rows):
         raise typer.Exit(2)
 
 
@@ -380,7 +439,7 @@ def build(
 @app.command(cls=FlagCommand)
 def bench(
     shape: Annotated[str, typer.Option(help="Comma-separated: tiny32, ffhqlike64, ffhq256, ffhq1024.")] = "ffhqlike64",
-    modes: Annotated[Optional[str], typer.Option(help="Comma-separated {eager|compiled}-{fp32|bf16|fp16}[-graphs] (default per device).")] = None,
+    modes: Annotated[Optional[str], typer.Option(help="Comma-separated {eager|compiled}-{fp32|bf16|fp16}[-graphs][-tracked] (default per device; -tracked adds the per-step oracle: LPIPS(alex) and keeping the best iterate).")] = None,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1",
     steps: Annotated[int, typer.Option(help="Timed steps per measurement.")] = 10,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda when available).")] = "auto",

@@ -23,6 +23,7 @@ from lbrgm_fast.errors import ImageError, UserError
 from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, save_npz, write_json
 from lbrgm_fast.loading import Models
 from lbrgm_fast.loading import load_models as load_source_models
+from lbrgm_fast.methods import resolve_preset
 from lbrgm_fast.objective import TERM_NAMES
 from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution, infer_factor
 from lbrgm_fast.perceptual import LpipsAlex
@@ -57,7 +58,7 @@ class RunOptions:
     degrade: bool = False
     ground_truth: str | None = None
     method: str = "lbrgm"
-    preset: str = "authors"
+    preset: str | None = None
     steps: int = 2000
     candidates: int = 100
     seed: int = 0
@@ -66,6 +67,7 @@ class RunOptions:
     device: str = "auto"
     early_stop: str = "auto"
     log_every: int = 10
+    track_every: int = 1
     frames: int = 0
     vgg16: str | None = None
     alexnet: str | None = None
@@ -335,10 +337,11 @@ def run_job(
     if options.ground_truth and not Path(options.ground_truth).exists():
         raise UserError(f"--ground-truth {options.ground_truth}: no such file or folder")
     for flag, value, least in (("--steps", options.steps, 0), ("--candidates", options.candidates, 1),
-                               ("--log-every", options.log_every, 1), ("--frames", options.frames, 0),
+                               ("--log-every", options.log_every, 1), ("--track-every", options.track_every, 1), ("--frames", options.frames, 0),
                                ("--restarts", options.restarts, 1)):
         if value < least:
             raise UserError(f"{flag} must be >= {least}, got {value}")
+    resolve_preset(options.method, options.preset)
     for flag, folder in (("--out", options.out), ("--profile", options.profile)):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{flag} {folder} is a file; give a folder (it is made if missing)")
@@ -419,6 +422,7 @@ def run_job(
                         steps=options.steps,
                         candidates=options.candidates,
                         log_every=options.log_every,
+                        track_every=options.track_every,
                         early_stop=options.early_stop,  # type: ignore[arg-type]
                         monitor=models.monitor if has_gt else None,
                         step_options=step_options,

@@ -13,6 +13,10 @@ The weights λ come from `MethodSettings` (methods.py): L-BRGM sets the first fo
 data terms and the last two, the no-prior ablation only the data terms. Images at the API are
 float tensors [B, 3, H, W] in [0, 1]; the data terms compare images in [0, 255], the scale at
 which the published λ were calibrated, and the generator works in its raw [-1, 1] scale.
+
+Hole fill: the objective applies `operator.with_fill(settings.hole_fill)` to A G(w+) and fills
+the missing pixels of y alike, so the pixel term is unchanged by the fill while φ sees the
+filled hole (the L-BRGM authors fill with 1 on the 0–255 scale: preset `authors`).
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ class Objective(nn.Module):
         operator: Forward operator A.
         perceptual: φ (LPIPS-VGG features); None only when the perceptual weight is 0.
         settings: Loss weights (methods.py).
-        observation: y in [0, 255], [B, 3, h, w].
+        observation: y in [0, 255], [B, 3, h, w], missing pixels 0 (as A with fill 0 makes it);
+            they get the settings' hole fill here.
         keep: Observation-space mask [B, 1, h, w] of pixels used by the data terms (1 = use);
             the rest are held out for early stopping. None uses every pixel.
         gaussian_prior: BRGM's prior (needed when the settings weight it).
@@ -84,12 +89,12 @@ class Objective(nn.Module):
     ) -> None:
         super().__init__()
         self.generator = generator
-        self.operator = operator
+        self.operator = operator.with_fill(settings.hole_fill)
         self.perceptual = perceptual
         self.settings = settings
         self.noise_mode: Literal["const", "none"] = noise_mode
         self.register_buffer("keep", keep)
-        self.register_buffer("observation", self.kept_pixels(observation))
+        self.register_buffer("observation", self.kept_pixels(self.filled(observation)))
         if perceptual is None and settings.perceptual_weight:
             raise UserError("the perceptual term needs VGG16 features (perceptual weight is not 0)")
         targets: list[torch.Tensor] = []
@@ -106,6 +111,19 @@ class Objective(nn.Module):
             raise ValueError("settings weight the Gaussian prior but none was given")
         self.gaussian_prior = gaussian_prior if settings.gaussian_weight else None
         self.cosine_prior = CosinePrior()
+
+    def filled(self, observation: torch.Tensor) -> torch.Tensor:
+        """y [B, 3, h, w] (missing pixels 0) with its missing pixels at the operator's fill.
+
+        Every operator is linear with fill 0, so the filled one is affine and A_fill(0) is the
+        fill in the hole, zero elsewhere: y + A_fill(0).
+        """
+        if not self.settings.hole_fill:
+            return observation
+        res = self.generator.img_resolution
+        with torch.no_grad():
+            hole = self.operator(observation.new_zeros(1, 3, res, res))
+        return observation + hole
 
     @property
     def target_features(self) -> list[torch.Tensor]:

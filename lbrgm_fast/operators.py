@@ -78,6 +78,11 @@ class Operator(nn.Module):
         """A short human name used in error messages, e.g. 'superres x16 (bicubic)'."""
         return type(self).__name__.lower()
 
+    def with_fill(self, fill: float) -> Operator:
+        """This operator with its missing pixels set to `fill` (in the scale of the images it
+        is applied to) instead of 0; operators that remove no pixel return themselves."""
+        return self
+
     def __mul__(self, other: Operator) -> Composition:
         """`self * other`: apply `other` first, then `self` (function composition)."""
         if not isinstance(other, Operator):
@@ -129,6 +134,9 @@ class Composition(Operator):
     def describe(self) -> str:
         return " then ".join(op.describe() for op in self.operators)
 
+    def with_fill(self, fill: float) -> Operator:
+        return Composition(*(op.with_fill(fill) for op in self.operators))
+
 
 # ----------------------------------------------------------------------------------------------
 # Inpainting
@@ -175,17 +183,20 @@ def _check_mask_coverage(mask: Tensor, source: str) -> None:
 
 
 class Inpainting(Operator):
-    """y = x * mask, with mask 1 where the pixel is observed and 0 where it is missing.
+    """y = x * mask + fill * (1 - mask), with mask 1 where the pixel is observed and 0 where it
+    is missing: y = m ⊙ x with the default fill 0.
 
     Args:
         mask: [H, W] or [1, 1, H, W] tensor with values in [0, 1] (1 = keep, 0 = missing).
             Stored as a float32 buffer [1, 1, H, W] that broadcasts over batch and channels.
+        fill: The value of the missing pixels, in the scale of the images A is applied to
+            (the L-BRGM authors' operator: 1 on the 0–255 scale; `MethodSettings.hole_fill`).
     """
 
     mask: Tensor
     params: dict
 
-    def __init__(self, mask: Tensor, *, params: dict | None = None) -> None:
+    def __init__(self, mask: Tensor, *, fill: float = 0.0, params: dict | None = None) -> None:
         super().__init__()
         if not isinstance(mask, Tensor):
             raise ImageError(f"mask must be a tensor, got {type(mask).__name__}")
@@ -198,6 +209,7 @@ class Inpainting(Operator):
             raise ImageError("mask values must lie in [0, 1] (1 = observed, 0 = missing)")
         _check_mask_coverage(mask, "mask")
         self.register_buffer("mask", mask.contiguous())
+        self.fill = float(fill)
         # How the mask was made (preset name, file, random seed and geometry), for reproduction.
         self.params = dict(params or {})
 
@@ -208,7 +220,13 @@ class Inpainting(Operator):
                 f"image is {_size(x.shape[-2], x.shape[-1])} but the mask is {_size(h, w)}"
             )
         # Cast the mask, not the image, so a bf16 image stays bf16.
-        return x * self.mask.to(x.dtype)
+        mask = self.mask.to(x.dtype)
+        if not self.fill:
+            return x * mask
+        return x * mask + self.fill * (1 - mask)
+
+    def with_fill(self, fill: float) -> Inpainting:
+        return Inpainting(self.mask, fill=fill, params=self.params)
 
     @property
     def resolution(self) -> int:
@@ -230,7 +248,8 @@ class Inpainting(Operator):
         return (resolution, resolution)
 
     def describe(self) -> str:
-        return f"inpainting ({_size(*self.mask.shape[-2:])} mask)"
+        filled = f", missing pixels = {self.fill:g}" if self.fill else ""
+        return f"inpainting ({_size(*self.mask.shape[-2:])} mask{filled})"
 
     # -- constructors ---------------------------------------------------------------------------
 

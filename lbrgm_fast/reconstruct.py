@@ -21,7 +21,7 @@ import torch
 from lbrgm_fast.early_stopping import EarlyStop, RULES, holdout_mask, resolve_rule, score_function
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.loop import AdamStep, optimise, start_latents
-from lbrgm_fast.methods import MethodSettings, method_settings
+from lbrgm_fast.methods import MethodSettings, method_settings, resolve_preset
 from lbrgm_fast.model import Generator
 from lbrgm_fast.objective import TERM_NAMES, Objective, to_255
 from lbrgm_fast.operators import Operator, SuperResolution, check_observation
@@ -149,11 +149,16 @@ class Reconstructor:
             its weights (and φ's) are stored channels-last from here on (`prepare_networks`).
         perceptual: φ, e.g. `VGG16Features.from_torchvision_state_dict(...)`.
         method: "lbrgm", "brgm" or "none".
-        preset: "authors" (default; the authors' code) or "paper" (the paper text).
+        preset: L-BRGM (and none): "authors" (default; the authors' code) or "paper" (the
+            paper text); BRGM: "brgm-pytorch" (default; BRGM's code) or "lbrgm-paper" (the
+            copy the L-BRGM paper compared against). None: the method's default (methods.py).
         steps: Adam steps (2000 in the papers).
         candidates: N1, random z scored to pick the start (100 in the paper).
         candidate_batch: Candidates generated per forward pass (bounds memory).
-        log_every: Steps between logs (history, early stopping, progress).
+        log_every: Steps between logs (history, progress).
+        track_every: Steps between early-stopping scores: the kept iterate is the best of
+            the scored ones. 1 (default) scores every step, as the authors' oracle does, on
+            the device without waiting for it; logged steps are always scored.
         early_stop: "oracle" (best LPIPS vs ground truth; needs it), "holdout" (hold out
             `holdout_fraction` of the observed pixels and keep the iterate that predicts them
             best), "none" (last iterate), or "auto" (oracle with ground truth, else holdout).
@@ -180,11 +185,12 @@ class Reconstructor:
         generator: Generator,
         perceptual: VGG16Features | None,
         method: str = "lbrgm",
-        preset: str = "authors",
+        preset: str | None = None,
         steps: int = 2000,
         candidates: int = 100,
         candidate_batch: int = 8,
         log_every: int = 10,
+        track_every: int = 1,
         early_stop: EarlyStop = "auto",
         holdout_fraction: float = 0.05,
         monitor: Monitor | None = None,
@@ -196,22 +202,23 @@ class Reconstructor:
         deterministic: bool = False,
     ) -> None:
         for name, value, least in (("steps", steps, 0), ("candidates", candidates, 1),
-                                   ("candidate_batch", candidate_batch, 1), ("log_every", log_every, 1)):
+                                   ("candidate_batch", candidate_batch, 1), ("log_every", log_every, 1),
+                                   ("track_every", track_every, 1)):
             if value < least:
                 raise UserError(f"{name} must be >= {least}, got {value}")
         if early_stop not in RULES:
             raise UserError(f"unknown early-stopping rule {early_stop!r}; choose auto, oracle, holdout or none")
         if not 0.0 < holdout_fraction < 0.5:
             raise UserError(f"holdout fraction must be in (0, 0.5), got {holdout_fraction}")
-        method_settings(method, preset)  # validates the names early
         self.generator = generator
         self.perceptual = perceptual
         self.method = method
-        self.preset = preset
+        self.preset = resolve_preset(method, preset)  # validates the names early
         self.steps = steps
         self.candidates = candidates
         self.candidate_batch = candidate_batch
         self.log_every = log_every
+        self.track_every = track_every
         self.early_stop: EarlyStop = early_stop
         self.holdout_fraction = holdout_fraction
         self.monitor = monitor
@@ -224,7 +231,7 @@ class Reconstructor:
         prepare_networks([generator, perceptual], self.step_options, self.device)
         self.profile_dir = None if profile_dir is None else Path(profile_dir)
         self._profiled = False
-        self._gaussian_prior: GaussianPrior | None = None
+        self._gaussian_priors: dict[int, GaussianPrior] = {}  # by number of mapping samples
         self._latents: _Latents | None = None
         self.engine: ForwardEngine = engine or TorchEngine(generator, perceptual, monitor)
         self.profiler = profiler or Profiler(self.device)
@@ -336,16 +343,14 @@ class Reconstructor:
             started = prof.snapshot()
 
             with prof.phase("setup"):
-                if (settings.gaussian_weight or settings.start == "w-avg") and self._gaussian_prior is None:
-                    # BRGM's w_avg and σ from 10,000 mapping samples: once per Reconstructor.
-                    self._gaussian_prior = GaussianPrior.from_mapping(G.mapping, G.z_dim)
+                gaussian_prior = self._gaussian_prior(settings)
                 keep = None if holdout is None else 1 - holdout
-                objective = Objective(G, operator, self.perceptual, settings, y, keep, self._gaussian_prior)
+                objective = Objective(G, operator, self.perceptual, settings, y, keep, gaussian_prior)
 
             initial_z: torch.Tensor | None = None
             if resume is None:
                 w_plus, z, initial_z = start_latents(objective, settings, candidate_seeds, self.engine, self.candidates,
-                                                     self.candidate_batch, self._gaussian_prior, prof)
+                                                     self.candidate_batch, gaussian_prior, prof)
             else:
                 resume = resume.to(self.device)
                 w_plus, z = resume.w_plus.clone(), None if resume.z is None else resume.z.clone()
@@ -377,7 +382,7 @@ class Reconstructor:
             with prof.phase("optimise"):
                 try:
                     optimise(objective, latents.w_plus, latents.z, step, state, score, reports, checkpoint,
-                             steps=self.steps, log_every=self.log_every)
+                             steps=self.steps, log_every=self.log_every, track_every=self.track_every)
                 finally:
                     if profile is not None:
                         # However the loop ended: a run that ends or stops early keeps what it recorded.
@@ -388,6 +393,16 @@ class Reconstructor:
                 images = G.synthesis(state.best_w_plus, noise_mode=objective.noise_mode)
                 images = ((images.float() + 1) / 2).clamp(0, 1)
             return self._result(state, images, rule, initial_z, prof.report(since=started), restarts)
+
+    def _gaussian_prior(self, settings: MethodSettings) -> GaussianPrior | None:
+        """BRGM's w_avg and σ from `settings.w_avg_samples` mapping samples (None when the
+        settings use neither), estimated once per Reconstructor and sample count."""
+        if not (settings.gaussian_weight or settings.start == "w-avg"):
+            return None
+        n = settings.w_avg_samples
+        if n not in self._gaussian_priors:
+            self._gaussian_priors[n] = GaussianPrior.from_mapping(self.generator.mapping, self.generator.z_dim, num_samples=n)
+        return self._gaussian_priors[n]
 
     def _check_inputs(self, observation: torch.Tensor, operator: Operator, ground_truth: torch.Tensor | None, restarts: int) -> None:
         res = self.generator.img_resolution

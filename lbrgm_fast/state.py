@@ -42,7 +42,7 @@ class ReconstructionState:
         w_plus, z: The iterate [B, num_ws, w_dim], [B, z_dim] (z None when not optimised).
         optimizer: Adam's state_dict over [w_plus] (+ [z]).
         best_w_plus, best_z: The kept iterate per row (the best scored so far).
-        best_score: Its early-stopping score (B,), lower is better; inf before the first log.
+        best_score: Its early-stopping score (B,), lower is better; inf before the first scored step.
         best_step: Its step (B,).
         alive: False for a row whose loss has become NaN or infinite (B,).
         history_steps: The logged steps.
@@ -76,17 +76,21 @@ class ReconstructionState:
     # -- the method's bookkeeping ----------------------------------------------------------------
 
     @torch.no_grad()
-    def record(self, step: int, terms: torch.Tensor, score: torch.Tensor, w_plus: torch.Tensor, z: torch.Tensor | None) -> None:
-        """Log iterate `step` (terms [T, B], score (B,)) and keep it in the rows where it scores
-        at least as well as the kept one (ties go to the later iterate), on the device."""
+    def keep_best(self, step: int, score: torch.Tensor, w_plus: torch.Tensor, z: torch.Tensor | None) -> None:
+        """Keep iterate `step` (score (B,)) in the rows where it scores at least as well as the
+        kept one (ties go to the later iterate). Device ops only: no value is read back, so the
+        loop can call it every step without waiting for the device."""
         better = self.alive & (score <= self.best_score)
         self.best_score = torch.where(better, score, self.best_score)
         self.best_step = torch.where(better, torch.full_like(self.best_step, step), self.best_step)
         self.best_w_plus = torch.where(better[:, None, None], w_plus.detach(), self.best_w_plus)
         if z is not None and self.best_z is not None:
             self.best_z = torch.where(better[:, None], z.detach(), self.best_z)
+
+    def log(self, step: int, terms: torch.Tensor, score: torch.Tensor) -> None:
+        """Append iterate `step`'s loss terms [T, B] and score (B,) to the history."""
         self.history_steps.append(step)
-        self.history.append(torch.cat([terms, score[None]]).float())
+        self.history.append(torch.cat([terms.detach(), score.detach()[None]]).float())
 
     def snapshot(self, w_plus: torch.Tensor, z: torch.Tensor | None, optimizer: torch.optim.Optimizer) -> None:
         """Take copies of the current latents and Adam's state (which the loop updates in place)."""

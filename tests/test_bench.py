@@ -114,3 +114,16 @@ def test_modes_and_options() -> None:
 @pytest.mark.parametrize("name", ["tiny32", "ffhqlike64"])
 def test_fixture_shapes_match_the_fixtures(name: str) -> None:
     assert SHAPES[name] == nvidia_config(name)
+
+
+def test_tracked_mode_times_the_step_with_per_step_oracle_tracking() -> None:
+    """"-tracked" is the step plus LPIPS(alex) and keeping the best iterate (the loop's
+    `track_every=1`), timed against the bare step in the same run."""
+    assert parse_mode("eager-fp32-tracked") == parse_mode("eager-fp32")
+    assert parse_mode("compiled-bf16-graphs-tracked") == StepOptions(compile=True, precision="bf16", cuda_graphs=True)
+    with pytest.raises(UserError, match="tracked"):
+        parse_mode("eager-tracked")
+    options = BenchOptions(shapes=("tiny32",), modes=("eager-fp32", "eager-fp32-tracked"), batch_sizes=(2,), steps=2, device="cpu", vgg_resolution=32)
+    bare, tracked = run_bench(options)
+    check_result(tracked, "eager-fp32-tracked")
+    assert bare["mode"] == "eager-fp32" and tracked["speedup_vs_eager"] == pytest.approx(bare["ms_per_step"] / tracked["ms_per_step"])

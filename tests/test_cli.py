@@ -115,6 +115,8 @@ def test_one_bad_input_does_not_stop_the_others(weights: dict[str, str], face: P
         (["--mask-preset", "eyes", "--steps", "-1"], "--steps must be >= 0, got -1"),
         (["--mask-preset", "eyes", "--log-every", "0"], "--log-every must be >= 1, got 0"),
         (["--mask-preset", "eyes", "--candidates", "0"], "--candidates must be >= 1, got 0"),
+        (["--mask-preset", "eyes", "--track-every", "0"], "--track-every must be >= 1, got 0"),
+        (["--mask-preset", "eyes", "--method", "brgm", "--preset", "paper"], "unknown preset 'paper' for method brgm"),
     ],
 )
 def test_bad_options_are_one_line_exit_2(weights: dict[str, str], face: Path, tmp_path: Path, extra: list[str], message: str) -> None:

@@ -127,6 +127,21 @@ def test_inpainting_applies_mask(rng: torch.Generator) -> None:
     assert op.A(x.bfloat16()).dtype == torch.bfloat16
 
 
+def test_inpainting_fill_sets_the_hole_and_keeps_the_rest(rng: torch.Generator) -> None:
+    """The L-BRGM authors' operator fills the hole with 1 (0–255 scale); the fill passes
+    through compositions and leaves operators without a hole alone."""
+    op = Inpainting.from_preset("eyes", 64)
+    filled = op.with_fill(1.0)
+    x = torch.rand(2, 3, 64, 64, generator=rng) * 255
+    keep = op.mask[0, 0] > 0.5
+    assert torch.equal(filled(x)[:, :, keep], x[:, :, keep])
+    assert (filled(x)[:, :, ~keep] == 1.0).all() and op.fill == 0.0 and filled.fill == 1.0
+    assert "missing pixels = 1" in filled.describe()
+    down = SuperResolution(4)
+    assert down.with_fill(1.0) is down
+    assert torch.equal((down * op).with_fill(1.0)(x), down(filled(x)))
+
+
 def write_png(path, array: np.ndarray) -> None:
     Image.fromarray(array.astype(np.uint8)).save(path)
 

@@ -93,6 +93,31 @@ def test_presets_match_the_reference_tables() -> None:
         method_settings("lbrgm", "papers")
 
 
+def test_hole_fill_and_brgm_presets_follow_reference_section_8() -> None:
+    """The authors fill missing pixels with 1 (0–255 scale), the paper's y = m ⊙ x with 0; BRGM
+    as brgm-pytorch runs it (default) and as the L-BRGM paper's copy ran it (lr 0.01, 100 samples)."""
+    assert method_settings("lbrgm", "authors").hole_fill == method_settings("none", "authors").hole_fill == 1.0
+    assert method_settings("lbrgm", "paper").hole_fill == 0.0
+    brgm, copy_ = method_settings("brgm"), method_settings("brgm", "lbrgm-paper")
+    assert brgm.preset == "brgm-pytorch" and (brgm.lr, brgm.w_avg_samples, brgm.hole_fill) == (0.1, 10_000, 0.0)
+    assert (copy_.lr, copy_.w_avg_samples, copy_.hole_fill) == (0.01, 100, 1.0)
+    assert dataclasses.replace(copy_, preset="brgm-pytorch", lr=0.1, w_avg_samples=10_000, hole_fill=0.0) == brgm
+    assert method_settings("brgm", "lbrgm-paper", superres_factor=32).cosine_weight == 1.0
+    for method, preset in (("brgm", "authors"), ("lbrgm", "brgm-pytorch")):
+        with pytest.raises(UserError, match=f"unknown preset '{preset}' for method {method}"):
+            method_settings(method, preset)
+
+
+def test_brgm_presets_start_at_their_own_w_avg(tiny32: Generator) -> None:
+    op = Inpainting.from_preset("eyes", 32)
+    y = op(in_range_batch(tiny32, 1))
+    vgg = VGG16Features.random(0, resolution=32)
+    for preset, samples in (("brgm-pytorch", 10_000), ("lbrgm-paper", 100)):
+        rec = Reconstructor(tiny32, vgg, method="brgm", preset=preset, steps=0, early_stop="none")
+        w_avg = GaussianPrior.from_mapping(tiny32.mapping, 32, num_samples=samples).w_avg
+        assert torch.allclose(rec.run(y, op).w_plus, w_avg.expand(1, tiny32.num_ws, -1))
+
+
 def test_brgm_factor_rule_reaches_the_reconstructor(tiny32: Generator) -> None:
     rec = Reconstructor(tiny32, None, method="brgm")
     assert rec.settings_for(SuperResolution(32)).cosine_weight == 1.0
@@ -114,8 +139,10 @@ def test_objective_terms_by_hand(tiny32: Generator) -> None:
     w = tiny32.mapping(z).clone() + 0.1
     terms, images = objective(w, z)
     x255 = (tiny32.synthesis(w) + 1) * 127.5
-    pixel = ((op(x255) - y255) ** 2).mean(dim=(1, 2, 3))
-    perceptual = vgg.distance(op(x255) / 127.5 - 1, y255 / 127.5 - 1) / vgg.num_elements
+    hole = 1 - op.mask  # the authors' fill: missing pixels are 1 on the 0–255 scale, in A x and y
+    assert torch.equal(objective.observation, y255 + hole)
+    pixel = ((op(x255) + hole - (y255 + hole)) ** 2).mean(dim=(1, 2, 3))
+    perceptual = vgg.distance((op(x255) + hole) / 127.5 - 1, (y255 + hole) / 127.5 - 1) / vgg.num_elements
     mapping = ((w - tiny32.mapping(z)) ** 2).mean(dim=(1, 2))
     latent = (z**2).mean(dim=1)
     total = 2e-4 * pixel + 2e7 * perceptual + 30 * mapping + 0.4 * latent
@@ -220,7 +247,7 @@ def test_restarts_keep_the_best_scored_run_of_each_observation(tiny32: Generator
     `test_batched_equals_one_by_one`, hence its 1e-2 on the image and 1e-2 relative on scores."""
     op = Inpainting.from_preset("mouth", 32)
     truth = in_range_batch(tiny32, 2)
-    rec = Reconstructor(tiny32, None, settings=pixel_only("lbrgm"), steps=6, candidates=3, log_every=2, monitor=LpipsAlex.random(0))
+    rec = Reconstructor(tiny32, None, settings=pixel_only("lbrgm"), steps=6, candidates=3, log_every=2, track_every=2, monitor=LpipsAlex.random(0))
     result = rec.run(op(truth), op, ground_truth=truth, seed=[3, 10], restarts=3)
     assert result.images.shape[0] == result.w_plus.shape[0] == result.history["total"].shape[1] == 2
     for i, seed in enumerate([3, 10]):
@@ -248,7 +275,7 @@ def test_early_stopping_keeps_the_best_scored_iterate(tiny32: Generator) -> None
     op = Inpainting.from_preset("eyes", 32)
     truth = in_range_batch(tiny32, 2)
     monitor = LpipsAlex.random(0)
-    rec = Reconstructor(tiny32, None, settings=pixel_only("none"), steps=30, candidates=3, log_every=3, monitor=monitor)
+    rec = Reconstructor(tiny32, None, settings=pixel_only("none"), steps=30, candidates=3, log_every=3, track_every=3, monitor=monitor)
     result = rec.run(op(truth), op, ground_truth=truth, seed=0)
     assert result.early_stop == "oracle"
     for i in range(2):
@@ -261,6 +288,40 @@ def test_early_stopping_keeps_the_best_scored_iterate(tiny32: Generator) -> None
     assert holdout.early_stop == "holdout" and holdout.history["score"].shape == (5, 2)
     with pytest.raises(UserError, match="oracle"):
         Reconstructor(tiny32, None, settings=pixel_only("none"), early_stop="oracle").run(op(truth), op)
+
+
+class _ScriptedMonitor:
+    """A monitor whose n-th call scores `scores[n]` for every row: the best iterate by
+    construction, whatever the images (the loop scores iterates 0, 1, … in order)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores, self.calls = scores, 0
+
+    def __call__(self, images: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        value = self.scores[self.calls]
+        self.calls += 1
+        return torch.full((images.shape[0],), value)
+
+
+def test_the_oracle_scores_every_step_and_keeps_a_step_between_logs(tiny32: Generator) -> None:
+    """The authors' oracle scores every iterate: the best, at step 7, is found although only
+    every 5th step is logged; with `track_every=5` (the old granularity) it is not."""
+    op = Inpainting.from_preset("eyes", 32)
+    truth = in_range_batch(tiny32, 1)
+    scores = [1.0] * 21
+    scores[7] = 0.1
+    results = {}
+    for every in (1, 5):
+        monitor = _ScriptedMonitor(scores)
+        rec = Reconstructor(tiny32, None, settings=pixel_only("none"), steps=20, candidates=2, log_every=5,
+                            track_every=every, monitor=monitor, early_stop="oracle")
+        results[every] = rec.run(op(truth), op, ground_truth=truth, seed=0)
+        assert monitor.calls == (21 if every == 1 else 5)  # steps 0…20, or the logged 0, 5, …, 20
+    assert results[1].best_step == [7] and results[1].history["step"].tolist() == [0, 5, 10, 15, 20]
+    assert results[5].best_step == [20]  # ties go to the latest scored step
+    # The kept iterate is step 7's: the same w+ as a 7-step run's last iterate.
+    seven = Reconstructor(tiny32, None, settings=pixel_only("none"), steps=7, candidates=2, early_stop="none").run(op(truth), op, seed=0)
+    assert torch.allclose(results[1].w_plus, seven.w_plus)
 
 
 def test_non_finite_loss_stops_only_that_image(tiny32: Generator) -> None:

@@ -1,0 +1,322 @@
+"""`lbrgm-fast eval`: the papers' tables (REFERENCE §8) on the user's own generator.
+
+Every image × task × method is one *cell*: the clean image is degraded by the task's operator,
+restored by the method with the oracle early stopping of the papers (best LPIPS(alex) against
+the ground truth, scored every step), and measured (metrics.py). A finished cell is stored as
+`cells/<task>/<method>/<image>.json` (+ the restored PNG), atomically, and never recomputed:
+an interrupted eval continues where it stopped. From all cells come
+
+* `results.csv`: one row per cell: every metric, the kept step, seconds per image;
+* `summary.json` / `summary.md`: per task and method, on the images every method finished,
+  the number of images on which the method is best by each metric (ties count for each tied
+  method) and each metric's mean ± standard deviation;
+* `figure-<task>.png`: ground truth | observation | one column per method, labelled.
+
+Tasks are written `inpaint:<mask preset>` or `superres:<factor>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from lbrgm_fast.errors import UserError
+from lbrgm_fast.io import IMAGE_SUFFIXES, atomic_write, load_image, save_image, write_json
+from lbrgm_fast.methods import METHODS
+from lbrgm_fast.metrics import HIGHER_IS_BETTER, METRICS, ImageMetrics
+from lbrgm_fast.model import Generator
+from lbrgm_fast.operators import Inpainting, Operator, SuperResolution
+from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.reconstruct import Reconstructor
+from lbrgm_fast.runtime.step import StepOptions
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A table of the papers: its tasks and methods, and the generator resolution it is for (None: any)."""
+
+    tasks: tuple[str, ...]
+    methods: tuple[str, ...]
+    resolution: int | None
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    # Table 2: half mask, eye-patch mask, super-resolution 32 -> 1024 and 64 -> 1024; LPIPS(alex).
+    "paper1024": Protocol(("inpaint:right-half", "inpaint:eyes", "superres:32", "superres:16"), ("lbrgm", "brgm"), 1024),
+    # Table 1: half mask, super-resolution 64 -> 256; LPIPS(alex) and SSIM.
+    "paper256": Protocol(("inpaint:right-half", "superres:4"), ("lbrgm", "brgm"), 256),
+    "quick": Protocol(("inpaint:right-half", "inpaint:eyes", "superres:4"), ("lbrgm", "brgm", "none"), None),
+}
+#: Added to --seed for the in-range ground truths' z, so that they are not the candidates' draws.
+IN_RANGE_SEED_OFFSET = 2_000_003
+#: Images per task figure (the first ones every method finished).
+FIGURE_ROWS = 8
+#: Figures are enlarged (nearest) until a panel is at least this wide, so the labels fit.
+FIGURE_PANEL = 128
+LABEL_BAND = 14
+CSV_FIELDS = ("image", "task", "method", "status", "best_step", "seconds", *METRICS, *(f"hole_{m}" for m in METRICS), "message")
+
+
+@dataclass
+class Target:
+    """A clean image to degrade and restore: its name and [3, H, W] in [0, 1]."""
+
+    name: str
+    image: torch.Tensor
+
+
+def task_operator(task: str, resolution: int) -> Operator:
+    """The operator of `task` ("inpaint:<preset>" or "superres:<factor>") at `resolution`."""
+    kind, _, arg = task.partition(":")
+    if kind == "inpaint":
+        return Inpainting.from_preset(arg, resolution)
+    if kind == "superres" and arg.isdigit():
+        op = SuperResolution(int(arg))
+        op.observation_size(resolution)  # a factor the resolution cannot take is a UserError
+        return op
+    raise UserError(f"unknown task {task!r}; write inpaint:<mask preset> or superres:<factor>, e.g. inpaint:eyes,superres:16")
+
+
+def resolve_grid(protocol: str, tasks: Sequence[str] | None, methods: Sequence[str] | None, resolution: int) -> tuple[list[str], list[str]]:
+    """The tasks and methods to run: the protocol's unless given; UserError for unknown names
+    or a paper protocol on a generator of another resolution."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    p = PROTOCOLS[protocol]
+    if p.resolution is not None and p.resolution != resolution:
+        raise UserError(f"protocol {protocol} is for {p.resolution} px generators; this one makes {resolution} px images (use --protocol quick or --tasks)")
+    tasks, methods = list(tasks or p.tasks), list(methods or p.methods)
+    for task in tasks:
+        task_operator(task, resolution)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or not tasks:
+        raise UserError(f"give at least one task and method; methods are {', '.join(METHODS)}" + (f" (got {', '.join(unknown)})" if unknown else ""))
+    return tasks, methods
+
+
+def in_range_targets(generator: Generator, count: int, seed: int) -> list[Target]:
+    """`count` images the generator itself makes, G(M(z)) for z drawn with `seed` +
+    `IN_RANGE_SEED_OFFSET`: targets it can reproduce exactly (an in-range benchmark), drawn
+    apart from the candidates of the same seed (otherwise a start would be a ground truth)."""
+    if count < 1:
+        raise UserError(f"--in-range must be >= 1, got {count}")
+    z = torch.randn(count, generator.z_dim, generator=torch.Generator().manual_seed(seed + IN_RANGE_SEED_OFFSET))
+    device = next(generator.parameters()).device
+    with torch.no_grad():
+        images = torch.cat([((generator(chunk.to(device)) + 1) / 2).clamp(0, 1).cpu() for chunk in z.split(8)])
+    return [Target(f"in-range-{i:04d}", image) for i, image in enumerate(images)]
+
+
+def folder_targets(folder: Path, resolution: int) -> tuple[list[Target], list[tuple[str, str]]]:
+    """The images in `folder` (sorted), centre-cropped and resized to `resolution`, and the
+    (name, message) of each one that could not be read."""
+    if not folder.is_dir():
+        raise UserError(f"--images {folder}: not a folder")
+    targets, failed = [], []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            targets.append(Target(path.stem, load_image(path, resolution)[0]))
+        except UserError as exc:
+            failed.append((path.stem, str(exc)))
+    if not targets and not failed:
+        raise UserError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return targets, failed
+
+
+def _cell_path(out: Path, task: str, method: str, image: str, suffix: str) -> Path:
+    return out / "cells" / task.replace(":", "-") / method / f"{image}{suffix}"
+
+
+def failed_row(image: str, task: str, method: str, message: str) -> dict:
+    """The results row of a cell that failed (an unreadable image, a user error while restoring)."""
+    return {"image": image, "task": task, "method": method, "status": "failed", "message": message}
+
+
+def _observation_view(observation: torch.Tensor, resolution: int) -> torch.Tensor:
+    """An observation [3, h, w] shown at the ground truth's size (nearest), for figures."""
+    return F.interpolate(observation[None], size=(resolution, resolution), mode="nearest")[0]
+
+
+def evaluate(
+    generator: Generator,
+    perceptual: VGG16Features,
+    monitor: LpipsAlex,
+    targets: Sequence[Target],
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    out: Path,
+    *,
+    steps: int = 2000,
+    candidates: int = 100,
+    seed: int = 0,
+    batch_size: int = 1,
+    step_options: StepOptions | None = None,
+    on_note: Callable[[str], None] = lambda message: None,
+) -> list[dict]:
+    """Restore and measure every target × task × method not already in `out`; returns one plain
+    dict per cell (`CSV_FIELDS`; status "done" or "failed" with a message), done ones included.
+
+    Args:
+        generator, perceptual, monitor: The networks (`loading.load_models`); the monitor is
+            the oracle's LPIPS(alex) and the metric's.
+        targets: Clean images [3, R, R] in [0, 1], R the generator's resolution.
+        tasks, methods: As `resolve_grid` returns them.
+        out: Where cells, results and figures go (made if missing).
+        steps, candidates, seed, batch_size: As `lbrgm-fast run` (seed: every image's).
+        step_options: How the step runs (default eager float32).
+        on_note: Receives one line per failed cell and per method started.
+    """
+    resolution = generator.img_resolution
+    metrics = ImageMetrics(monitor, perceptual, resolution)
+    rows: list[dict] = []
+    for task in tasks:
+        operator = task_operator(task, resolution)
+        missing = 1 - operator.mask if isinstance(operator, Inpainting) else None
+        for method in methods:
+            rec = Reconstructor(generator, perceptual, method=method, steps=steps, candidates=candidates,
+                                monitor=monitor, early_stop="oracle", step_options=step_options)
+            todo = []
+            for t in targets:
+                cached = _cell_path(out, task, method, t.name, ".json")
+                if cached.is_file():
+                    rows.append(json.loads(cached.read_text()))
+                else:
+                    todo.append(t)
+            if todo:
+                on_note(f"{task} {method}: {len(todo)} image(s)")
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                try:
+                    rows += _run_cells(rec, operator, missing, metrics, batch, task, method, seed, out)
+                except UserError as exc:
+                    for t in batch:
+                        rows.append(failed_row(t.name, task, method, str(exc)))
+                        on_note(f"failed: {t.name} {task} {method}: {exc}")
+    return rows
+
+
+def _run_cells(rec: Reconstructor, operator: Operator, missing: torch.Tensor | None, metrics: ImageMetrics,
+               batch: Sequence[Target], task: str, method: str, seed: int, out: Path) -> list[dict]:
+    """Restore one batch of targets and store each cell (JSON row + restored PNG), atomically."""
+    truth = torch.stack([t.image for t in batch])
+    with torch.no_grad():
+        observation = operator(truth)
+    started = time.perf_counter()
+    result = rec.run(observation, operator, ground_truth=truth, seed=seed)
+    seconds = (time.perf_counter() - started) / len(batch)
+    scores = metrics(result.images.to(rec.device), truth.to(rec.device), missing)
+    rows = []
+    for i, t in enumerate(batch):
+        row = {"image": t.name, "task": task, "method": method, "status": "done", "best_step": result.best_step[i],
+               "seconds": seconds, **{name: float(v[i]) for name, v in scores.items()}, "message": result.stopped[i] or ""}
+        save_image(_cell_path(out, task, method, t.name, ".png"), result.images[i])
+        save_image(_cell_path(out, task, "observation", t.name, ".png"), _observation_view(observation[i], truth.shape[-1]))
+        write_json(_cell_path(out, task, method, t.name, ".json"), row)  # last: its presence means "done"
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summarise(rows: Sequence[dict]) -> dict:
+    """Per task and method: {"images", "wins": {metric: n}, "mean": {..}, "std": {..}}.
+
+    Only images that every method of the task finished count, so that wins and means compare
+    the same images. A method wins an image by a metric when its value is the best there
+    (highest PSNR / SSIM, lowest otherwise); tied methods each win. std is the sample standard
+    deviation (0 for one image). Metrics a task lacks (hole_* for super-resolution) are left out.
+    """
+    summary: dict = {}
+    done = [r for r in rows if r.get("status") == "done"]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["task"] == task))
+        table = {(r["image"], r["method"]): r for r in done if r["task"] == task}
+        images = [i for i in dict.fromkeys(r["image"] for r in rows if r["task"] == task) if all((i, m) in table for m in methods)]
+        names = [n for n in CSV_FIELDS if n.removeprefix("hole_") in METRICS and images and table[images[0], methods[0]].get(n) is not None]
+        summary[task] = {m: {"images": len(images), "wins": {}, "mean": {}, "std": {}} for m in methods}
+        for name in names:
+            values = np.array([[table[i, m][name] for m in methods] for i in images], dtype=np.float64)  # [images, methods]
+            best = values.max(axis=1) if name.removeprefix("hole_") in HIGHER_IS_BETTER else values.min(axis=1)
+            wins = (values == best[:, None]).sum(axis=0)
+            for j, m in enumerate(methods):
+                entry = summary[task][m]
+                entry["wins"][name] = int(wins[j])
+                entry["mean"][name] = float(values[:, j].mean())
+                entry["std"][name] = float(values[:, j].std(ddof=1)) if len(images) > 1 else 0.0
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    """`summary` as one Markdown table per task: per method and metric, "wins · mean ± std"."""
+    lines = ["# lbrgm-fast eval", "", "Per task: wins (images on which the method is best) · mean ± std over the images every method finished.", ""]
+    for task, methods in summary.items():
+        names = list(next(iter(methods.values()))["mean"])
+        lines += [f"## {task}", "", "| method | images | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+        for method, s in methods.items():
+            cells = [f"{s['wins'][n]} · {s['mean'][n]:.4g} ± {s['std'][n]:.2g}" for n in names]
+            lines.append(f"| {method} | {s['images']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(rows: Sequence[dict], out: Path) -> dict:
+    """results.csv, summary.json and summary.md in `out`, atomically; returns the summary."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "results.csv", lambda f: f.write(text.getvalue().encode()))
+    summary = summarise(rows)
+    write_json(out / "summary.json", summary)
+    atomic_write(out / "summary.md", lambda f: f.write(summary_markdown(summary).encode()))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def labelled_grid(panels: Sequence[Sequence[torch.Tensor]], names: Sequence[str]) -> Image.Image:
+    """Rows of equal panels [3, S, S] in [0, 1] under a white band naming each column."""
+    side = panels[0][0].shape[-1]
+    scale = max(1, math.ceil(FIGURE_PANEL / side))
+    grid = torch.cat([torch.cat(list(row), dim=2) for row in panels], dim=1)  # [3, rows·S, columns·S]
+    grid = F.interpolate(grid[None].float(), scale_factor=scale, mode="nearest")[0]
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    canvas = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + LABEL_BAND), "white")
+    canvas.paste(Image.fromarray(pixels), (0, LABEL_BAND))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for column, name in enumerate(names):
+        draw.text((column * side * scale + 3, 1), name, fill="black", font=font)
+    return canvas
+
+
+def write_figures(rows: Sequence[dict], targets: Sequence[Target], out: Path) -> list[Path]:
+    """figure-<task>.png per task: ground truth | observation | each method, for the first
+    `FIGURE_ROWS` images every method finished (read back from the stored cells)."""
+    truths = {t.name: t.image for t in targets}
+    written = []
+    for task, methods in summarise(rows).items():
+        done = {(r["image"], r["method"]) for r in rows if r["task"] == task and r.get("status") == "done"}
+        images = [n for n in truths if all((n, m) in done for m in methods)][:FIGURE_ROWS]
+        if not images:
+            continue
+        panels = [[truths[n], *(load_image(_cell_path(out, task, m, n, ".png"))[0] for m in ("observation", *methods))] for n in images]
+        path = out / f"figure-{task.replace(':', '-')}.png"
+        figure = labelled_grid(panels, ["ground truth", "observation", *methods])
+        atomic_write(path, lambda f: figure.save(f, format="PNG"))
+        written.append(path)
+    return written
