@@ -216,15 +216,16 @@ def test_bench_bad_options_are_one_line_exit_2(args: list[str], message: str) ->
 
 
 def test_every_run_option_reaches_run_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every `run` option but --quiet / --json reaches RunOptions under its own name, without a
-    # hand-written copy of each: a new option needs only its parameter and its field.
+    # Every `run` option but --quiet / --json (output) and --align / --face (they choose the
+    # photo layer around the job, align/photos.py) reaches RunOptions under its own name,
+    # without a hand-written copy of each: a new option needs only its parameter and its field.
     import inspect
     from dataclasses import fields
 
     from lbrgm_fast import cli
     from lbrgm_fast.job import RunOptions
 
-    parameters = set(inspect.signature(cli.run).parameters) - {"quiet", "json_out"}
+    parameters = set(inspect.signature(cli.run).parameters) - {"quiet", "json_out", "align", "face"}
     assert parameters <= {f.name for f in fields(RunOptions)}
     seen: list = []
     monkeypatch.setattr("lbrgm_fast.job.run_job", lambda options, reporter: seen.append(options) or [])
