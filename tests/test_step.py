@@ -77,15 +77,17 @@ def value_range(images: torch.Tensor) -> torch.Tensor:
     return flat.amax(dim=1) - flat.amin(dim=1)
 
 
-def make_objective(G: Generator, batch: int, seed: int = 0) -> tuple[Objective, torch.Tensor, torch.Tensor]:
-    """The real L-BRGM objective on 'eyes' inpainting of `batch` generated images, and start latents."""
+def make_objective(G: Generator, batch: int, seed: int = 0, repeats: int = 1) -> tuple[Objective, torch.Tensor, torch.Tensor]:
+    """The real L-BRGM objective on 'eyes' inpainting of `batch` generated images (each
+    observation `repeats` times in a row, as restarts are), and start latents for the batch."""
     gen = torch.Generator().manual_seed(seed)
     operator = Inpainting.from_preset("eyes", G.img_resolution)
     with torch.no_grad():
         observation = operator(generator_to_255(G(torch.randn(batch, G.z_dim, generator=gen))))
         z0 = torch.randn(batch, G.z_dim, generator=gen)
         w0 = G.mapping(z0)
-    objective = Objective(G, operator, VGG16Features.random(seed, VGG_RES), SETTINGS, observation, None)
+    # The raw observation (missing pixels 0) goes in: the objective applies the preset's fill.
+    objective = Objective(G, operator, VGG16Features.random(seed, VGG_RES), SETTINGS, observation.repeat_interleave(repeats, 0), None)
     return objective, w0, z0
 
 
@@ -253,10 +255,10 @@ def test_batched_restarts_equal_separate_runs() -> None:
     # lr-sized moves, so later iterates agree to the loops' tolerance, not bit for bit.
     G = nvidia_generator("tiny32")
     objective, _, _ = make_objective(G, batch=1)
+    both, _, _ = make_objective(G, batch=1, repeats=2)
     starts = torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         w_starts = G.mapping(starts)
-    both = Objective(G, objective.operator, objective.perceptual, SETTINGS, objective.observation.expand(2, -1, -1, -1), None)
     for steps, loss_rtol, min_psnr in ((1, 1e-5, 80.0), (10, 1e-2, 40.0)):
         terms, images, _ = run_loop(both, w_starts, starts, None, steps=steps)
         for i in range(2):
