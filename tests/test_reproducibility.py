@@ -136,9 +136,13 @@ def cli_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def lbrgm_fast(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`lbrgm-fast ARGS` through `main()`, in the environment `env` (default: this one)."""
+    """`lbrgm-fast ARGS` through `main()`, in the environment `env` (default: this one).
+
+    Run from tests/, not the repository root: `python -c` puts the working directory first on
+    sys.path, and the root's bare lbrgm_fast/ folder lacks the installed package's kernels/.
+    """
     command = [sys.executable, "-c", "import sys; from lbrgm_fast.cli import main; sys.exit(main())", *map(str, args)]
-    return subprocess.run(command, env=os.environ if env is None else env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, env=os.environ if env is None else env, cwd=TESTS, capture_output=True, text=True, timeout=600)
 
 
 def test_the_command_runs_under_strict_mkl_and_reports_its_promise(cli_files: dict[str, Path], tmp_path: Path) -> None:
