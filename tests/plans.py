@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from lbrgm_fast.build import build_plan
-from lbrgm_fast.plan import MANIFEST, write_plan
+from lbrgm_fast.errors import PlanError
+from lbrgm_fast.plan import MANIFEST, read_plan, write_plan
 
 from reference import FIXTURES
 
@@ -59,3 +60,16 @@ def altered_plan(source: Path, target: Path, manifest_changes: dict, extra: dict
     manifest.update(manifest_changes)
     members.update(extra or {})
     return write_plan(target, manifest, members)
+
+
+def expect_plan_error(path: Path, *fragments: str) -> str:
+    """read_plan refuses `path` in one line naming it and holding every fragment (so `info` and
+    `run` do too), and leaves no engine cache beside it. Returns the message."""
+    with pytest.raises(PlanError) as info:
+        read_plan(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not path.with_name(path.name + ".cache").exists()
+    return message

@@ -22,6 +22,7 @@ from plans import (
     SEED,
     TINY32_PICKLE,
     altered_plan,
+    expect_plan_error,
     plan_contents,
     rewrite_zip,
     tiny32_plan,
@@ -32,16 +33,6 @@ from reference import FIXTURES, nvidia_config, nvidia_generator
 @pytest.fixture(scope="session")
 def plan_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny32_plan(tmp_path_factory)
-
-
-def expect_plan_error(path: Path, *fragments: str) -> str:
-    with pytest.raises(PlanError) as info:
-        read_plan(path)
-    message = str(info.value)
-    assert "\n" not in message and str(path) in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 # -- round trip ---------------------------------------------------------------------------------
