@@ -46,26 +46,33 @@ def options(image: Path, out: Path, **changes: object) -> RunOptions:
     return RunOptions(**{**base, **changes})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "default"])
 @pytest.mark.parametrize("restarts", [1, 2])
-def test_interrupted_run_resumes_to_the_same_result(models: Models, image: Path, tmp_path: Path, restarts: int) -> None:
-    # Under the deterministic promise the resumed run must equal the uninterrupted one bitwise
-    # (tests/test_reproducibility.py bounds the default promise's rounding).
-    (reference,) = run_job(options(image, tmp_path / "ref", restarts=restarts, deterministic=True), models=models)
+def test_interrupted_run_resumes_to_the_same_result(models: Models, image: Path, tmp_path: Path, restarts: int, deterministic: bool) -> None:
+    # Under the deterministic promise the resumed run must equal the uninterrupted one bitwise;
+    # under the default one, up to its rounding bound (README, docs/reproducibility.md: w+ and
+    # images within 1e-2; tests/test_reproducibility.py bounds it within one process).
+    (reference,) = run_job(options(image, tmp_path / "ref", restarts=restarts, deterministic=deterministic), models=models)
     with pytest.raises(KeyboardInterrupt):
-        run_job(options(image, tmp_path / "run", restarts=restarts, deterministic=True), InterruptAt(5), models=models)
+        run_job(options(image, tmp_path / "run", restarts=restarts, deterministic=deterministic), InterruptAt(5), models=models)
     folder = tmp_path / "run" / "img"
     assert (folder / "state.pt").is_file() and not (folder / "report.json").exists()
     (refused,) = run_job(options(image, tmp_path / "run", restarts=restarts), models=models)
     assert refused.status == "skipped" and "--resume" in refused.message
     (mismatch,) = run_job(options(image, tmp_path / "run", resume=True, restarts=restarts + 1), models=models)
     assert mismatch.status == "failed" and f"interrupted with --restarts {restarts}" in mismatch.message
-    (resumed,) = run_job(options(image, tmp_path / "run", resume=True, restarts=restarts, deterministic=True), models=models)
+    (resumed,) = run_job(options(image, tmp_path / "run", resume=True, restarts=restarts, deterministic=deterministic), models=models)
     assert resumed.status == "done" and not (folder / "state.pt").exists()
     a, b = np.load(tmp_path / "ref" / "img" / "latents.npz"), np.load(folder / "latents.npz")
-    assert np.array_equal(a["w_plus"], b["w_plus"]) and np.array_equal(a["z"], b["z"]) and int(a["step"]) == int(b["step"])
-    assert reference.metrics["best_step"] == resumed.metrics["best_step"]
+    assert int(a["step"]) == int(b["step"])
     report = json.loads((folder / "report.json").read_text())
-    assert report["reproducibility"]["deterministic"] is True and report["reproducibility"]["threads"] == 1
+    assert report["reproducibility"]["deterministic"] is deterministic
+    if deterministic:
+        assert np.array_equal(a["w_plus"], b["w_plus"]) and np.array_equal(a["z"], b["z"])
+        assert reference.metrics["best_step"] == resumed.metrics["best_step"]
+        assert report["reproducibility"]["threads"] == 1
+    else:
+        assert np.abs(a["w_plus"] - b["w_plus"]).max() <= 1e-2 and np.abs(a["z"] - b["z"]).max() <= 1e-2
     kept = report["restarts"]
     assert kept["count"] == restarts and len(kept["scores"]) == restarts
     assert kept["kept"] == int(np.argmin(kept["scores"])) == resumed.metrics.get("restart", 0)
