@@ -118,11 +118,7 @@ def read_plan(path: str | Path) -> Plan:
         raise _fail(p, "it is not an lbrgm-fast plan (not a zip archive); build one with `lbrgm-fast build`") from None
     except OSError as exc:
         raise _fail(p, f"cannot read it ({exc.strerror or exc})") from None
-    plan = Plan(p, manifest, hashlib.sha256(raw).hexdigest())
-    for name in GRAPHS:  # `info` and `run` refuse the same plans, before any graph is loaded
-        if plan.has_graph(name):
-            plan.onnx(name)
-    return plan
+    return Plan(p, manifest, hashlib.sha256(raw).hexdigest())
 
 
 def _open_archive(handle: IO[bytes], path: Path) -> zipfile.ZipFile:
@@ -200,8 +196,12 @@ def _manifest_problem(m: dict[str, Any]) -> str | None:
 
 
 def _check_members(archive: zipfile.ZipFile, manifest: dict[str, Any], path: Path) -> None:
+    """Every listed member present, of its size and SHA-256, nothing unlisted; every ONNX graph
+    checked (plan_checks.graph_problem) on the same bytes, so `info` and `run` refuse the same
+    plans before any graph is loaded."""
     names = archive.namelist()
     listed = manifest["members"]
+    graphs = {entry["file"] for entry in manifest["graphs"].values()}
     for name in names:
         if name != MANIFEST and name not in listed:
             raise _fail(path, f"it holds a member the manifest does not list ({name!r})")
@@ -211,11 +211,17 @@ def _check_members(archive: zipfile.ZipFile, manifest: dict[str, Any], path: Pat
         if archive.getinfo(name).file_size != entry["size"]:
             raise _fail(path, f"member {name} has the wrong size (corrupt or modified file)")
         digest = hashlib.sha256()
+        graph = bytearray() if name in graphs else None  # a graph is parsed whole; weights are streamed
         with archive.open(name) as stream:
             while chunk := stream.read(_CHUNK):
                 digest.update(chunk)
+                if graph is not None:
+                    graph += chunk
         if digest.hexdigest() != entry["sha256"]:
             raise _fail(path, f"checksum mismatch in member {name} (the file is corrupt or was modified)")
+        problem = None if graph is None else graph_problem(bytes(graph))
+        if problem:
+            raise _fail(path, f"member {name} is refused: {problem}")
 
 
 class Plan:
@@ -298,17 +304,13 @@ class Plan:
     def onnx(self, name: str) -> bytes:
         """ONNX bytes of graph `name` ("mapping", "synthesis", "features", "lpips").
 
-        The one way graphs leave a plan, so every graph any runtime loads has passed
-        `plan_checks.graph_problem` (self-contained standard ONNX) here first.
+        The one way graphs leave a plan: `read_plan` checked every graph
+        (`plan_checks.graph_problem`: self-contained standard ONNX), and `member` returns only
+        bytes with the SHA-256 of the ones it checked.
         """
         if name not in self.manifest["graphs"]:
             raise _fail(self.path, f"it has no {name} graph")
-        member = self.manifest["graphs"][name]["file"]
-        data = self.member(member)
-        problem = graph_problem(data)
-        if problem:
-            raise _fail(self.path, f"member {member} is refused: {problem}")
-        return data
+        return self.member(self.manifest["graphs"][name]["file"])
 
     def tensorrt_entry(self, key: str) -> dict[str, Any] | None:
         """The manifest entry of the TensorRT engines built for `key` (GPU model, compute

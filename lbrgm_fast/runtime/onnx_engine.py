@@ -5,9 +5,9 @@ call neither copies through numpy nor, on a GPU, through the host: outputs are p
 tensors on the input's device whose shapes come from the graph (its symbolic dimensions are
 resolved from the inputs' sizes).
 
-Graphs may come from a stranger's plan. `Plan.onnx` has checked them (self-contained standard
-ONNX, lbrgm_fast/plan_checks.py); the session options below are defence in depth behind that
-check (`_guarded_options`).
+Graphs may come from a stranger's plan. `read_plan` has checked them (self-contained standard
+ONNX, lbrgm_fast/plan_checks.py) and `Plan.onnx` hands out only those bytes; the session
+options below are defence in depth behind that check (`_guarded_options`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ compute capability and TensorRT version; otherwise (or when they fail to load) t
 from the plan's ONNX graphs once, with a one-line note, and cached next to the plan.
 
 A plan may come from a stranger, and an engine is opaque: it is only ever deserialised by a
-runtime that refuses engines carrying host code (`_data_only_runtime`), only for the manifest
-entry whose key is this GPU's and TensorRT's, and only from members the manifest lists.
+runtime that refuses engines carrying host code (`_data_only_runtime`), and only from the
+manifest entry whose key is this GPU's and TensorRT's (members the manifest lists) or from the
+engine cache this machine built next to the plan (`NAME.plan.cache/`, which is therefore this
+machine's own: never take one from someone else; docs/plan-format.md, "Trust").
 """
 
 from __future__ import annotations
