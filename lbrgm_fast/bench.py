@@ -213,7 +213,7 @@ def _tracked(step: Callable[[], tuple[torch.Tensor, ...]], problem: _Problem, w:
     def tracked() -> tuple[torch.Tensor, ...]:
         terms, images, w_k, z_k = step()
         with torch.no_grad():
-            state.keep_best(state.step, problem.monitor(images.float(), problem.truth), w_k, z_k)
+            state.keep_best(state.step, problem.monitor(images.float(), problem.truth), terms[TOTAL], w_k, z_k)
         state.step += 1
         return terms, images, w_k, z_k
 

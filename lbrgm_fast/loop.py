@@ -145,7 +145,7 @@ def optimise(
         logged = k == steps or k % log_every == 0
         if logged or k % track_every == 0:
             scores = score(images)
-            state.keep_best(k, scores, w_k, z_k)
+            state.keep_best(k, scores, terms[TOTAL], w_k, z_k)
         if logged:
             state.log(k, terms, scores)
             if not reports.push(state, images):

@@ -469,9 +469,6 @@ class Reconstructor:
             initial_z=None if initial_z is None else initial_z.cpu(),
             timings=timings,
         )
-        scores = state.best_score.cpu().double().numpy()
-        if rule == "none" and "total" in history:
-            # No score: compare the objective at each row's kept iterate.
-            at = np.searchsorted(history["step"], result.best_step)
-            scores = history["total"][at, np.arange(len(result.best_step))].astype(np.float64)
-        return _keep_best_restarts(result, scores, restarts)
+        # Rule "none" scores nothing: restarts compare by the objective at each row's kept iterate.
+        kept = state.best_total if rule == "none" else state.best_score
+        return _keep_best_restarts(result, kept.cpu().double().numpy(), restarts)

@@ -24,7 +24,7 @@ from lbrgm_fast.objective import TERM_NAMES
 #: The row of the early-stopping score in each history entry, after the loss terms.
 SCORE = len(TERM_NAMES)
 #: The state's tensors with one row per sample along their first dimension (z and best_z may be None).
-_BATCH_FIRST = ("w_plus", "z", "best_w_plus", "best_z", "best_score", "best_step", "alive")
+_BATCH_FIRST = ("w_plus", "z", "best_w_plus", "best_z", "best_score", "best_total", "best_step", "alive")
 
 RowMap = Callable[[list[torch.Tensor], int], torch.Tensor]
 
@@ -43,6 +43,7 @@ class ReconstructionState:
         optimizer: Adam's state_dict over [w_plus] (+ [z]).
         best_w_plus, best_z: The kept iterate per row (the best scored so far).
         best_score: Its early-stopping score (B,), lower is better; inf before the first scored step.
+        best_total: Its objective J (B,) (what the "none" rule compares restarts by); inf before.
         best_step: Its step (B,).
         alive: False for a row whose loss has become NaN or infinite (B,).
         history_steps: The logged steps.
@@ -56,6 +57,7 @@ class ReconstructionState:
     best_w_plus: torch.Tensor
     best_z: torch.Tensor | None
     best_score: torch.Tensor
+    best_total: torch.Tensor
     best_step: torch.Tensor
     alive: torch.Tensor
     history_steps: list[int] = field(default_factory=list)
@@ -69,6 +71,7 @@ class ReconstructionState:
             step=0, w_plus=w_plus.detach(), z=None if z is None else z.detach(), optimizer={},
             best_w_plus=w_plus.detach().clone(), best_z=None if z is None else z.detach().clone(),
             best_score=torch.full((batch,), math.inf, device=device),
+            best_total=torch.full((batch,), math.inf, device=device),
             best_step=torch.zeros(batch, dtype=torch.long, device=device),
             alive=torch.ones(batch, dtype=torch.bool, device=device),
         )
@@ -76,12 +79,13 @@ class ReconstructionState:
     # -- the method's bookkeeping ----------------------------------------------------------------
 
     @torch.no_grad()
-    def keep_best(self, step: int, score: torch.Tensor, w_plus: torch.Tensor, z: torch.Tensor | None) -> None:
-        """Keep iterate `step` (score (B,)) in the rows where it scores at least as well as the
-        kept one (ties go to the later iterate). Device ops only: no value is read back, so the
-        loop can call it every step without waiting for the device."""
+    def keep_best(self, step: int, score: torch.Tensor, total: torch.Tensor, w_plus: torch.Tensor, z: torch.Tensor | None) -> None:
+        """Keep iterate `step` (score (B,), objective J `total` (B,)) in the rows where it scores
+        at least as well as the kept one (ties go to the later iterate). Device ops only: no
+        value is read back, so the loop can call it every step without waiting for the device."""
         better = self.alive & (score <= self.best_score)
         self.best_score = torch.where(better, score, self.best_score)
+        self.best_total = torch.where(better, total.detach().float(), self.best_total)
         self.best_step = torch.where(better, torch.full_like(self.best_step, step), self.best_step)
         self.best_w_plus = torch.where(better[:, None, None], w_plus.detach(), self.best_w_plus)
         if z is not None and self.best_z is not None:
@@ -134,8 +138,13 @@ class ReconstructionState:
 
     @classmethod
     def load(cls, path: str | Path) -> ReconstructionState:
-        """A state written by `save`, on the CPU (tensors only: nothing in the file is executed)."""
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+        """A state written by `save`, on the CPU (tensors only: nothing in the file is executed).
+
+        A state saved before `best_total` existed gets inf there: only the "none" rule's choice
+        among restarts reads it."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        data.setdefault("best_total", torch.full_like(data["best_score"], math.inf))
+        return cls(**data)
 
     @staticmethod
     def _is_shared(tensor: torch.Tensor) -> bool:

@@ -54,3 +54,28 @@ def test_slices_stack_back_into_the_state_and_files_read_back(tiny32: Generator,
     assert_same(ReconstructionState.stack(rows), state.to("cpu"))
     state.save(tmp_path / "state.pt")
     assert_same(ReconstructionState.load(tmp_path / "state.pt"), state.to("cpu"))
+
+
+def test_the_kept_iterate_carries_its_own_objective_even_between_logs() -> None:
+    # Rule "none" keeps the last live iterate, which with per-step tracking is often no logged
+    # step (a row that diverges at step 3 keeps step 2 while logs are at 0 and 4); restarts
+    # are then compared by J at that very iterate, not at the nearest log.
+    w = torch.zeros(2, 1, 1)
+    state = ReconstructionState.start(w, None)
+    totals = {0: [5.0, 5.0], 1: [4.0, 6.0], 2: [3.0, 7.0], 3: [float("nan"), 8.0]}
+    for step, total in totals.items():
+        total = torch.tensor(total)
+        state.alive = state.alive & torch.isfinite(total)
+        state.keep_best(step, torch.zeros(2), total, w + step, None)  # score 0: ties go to the latest
+    assert state.best_step.tolist() == [2, 3]
+    assert state.best_total.tolist() == [3.0, 8.0]
+    assert state.best_w_plus[:, 0, 0].tolist() == [2.0, 3.0]
+
+
+def test_a_state_saved_before_best_total_existed_still_loads(tiny32: Generator, tmp_path: Path) -> None:
+    state = checkpointed_state(tiny32)
+    data = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "best_total"}
+    torch.save(data, tmp_path / "old.pt")
+    loaded = ReconstructionState.load(tmp_path / "old.pt")
+    assert torch.equal(loaded.best_total, torch.full((2,), float("inf")))
+    assert torch.equal(loaded.best_w_plus, state.best_w_plus)
