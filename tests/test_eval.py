@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
-import lpips
 import numpy as np
 import pytest
 import torch
@@ -25,6 +25,8 @@ from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 
+from torchvision_weights import lpips_reference
+
 STEPS = dict(steps=3, candidates=2)
 
 
@@ -33,19 +35,6 @@ def nets() -> tuple[VGG16Features, LpipsAlex]:
     return VGG16Features.random(0, resolution=32), LpipsAlex.random(0)
 
 
-def lpips_package(net: str, convs: list[torch.nn.Conv2d]) -> lpips.LPIPS:
-    """lpips.LPIPS(net) with its backbone's convolutions set to `convs`' weights, in order."""
-    ref = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
-    targets = [m for m in ref.net.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(targets) == len(convs)
-    with torch.no_grad():
-        for target, source in zip(targets, convs):
-            target.weight.copy_(source.weight)
-            target.bias.copy_(source.bias)
-    return ref
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")  # lpips passes torchvision's deprecated `pretrained=`
 def test_metrics_equal_independent_references(nets) -> None:
     """LPIPS = the lpips package on the same weights; SSIM = scikit-image's; PSNR and MSE
     closed form; the hole's metrics see only the hole."""
@@ -55,8 +44,8 @@ def test_metrics_equal_independent_references(nets) -> None:
     x = (truth + 0.1 * torch.randn(2, 3, 32, 32, generator=g)).clamp(0, 1)
     metrics = ImageMetrics(alex, vgg, 32)
     got = metrics(x, truth)
-    ref_alex = lpips_package("alex", [m for m in alex.lpips.net.modules() if isinstance(m, torch.nn.Conv2d)])
-    ref_vgg = lpips_package("vgg", [m for m in vgg.layers if isinstance(m, torch.nn.Conv2d)])
+    ref_alex = lpips_reference("alex", alex.lpips.net)
+    ref_vgg = lpips_reference("vgg", vgg.layers)
     with torch.no_grad():
         assert torch.allclose(got["lpips_alex"].float(), ref_alex(x * 2 - 1, truth * 2 - 1).flatten(), rtol=1e-4)
         assert torch.allclose(got["lpips_vgg"].float(), ref_vgg(x * 2 - 1, truth * 2 - 1).flatten(), rtol=1e-4)
@@ -150,7 +139,12 @@ def test_cli_eval_one_line_per_bad_image_and_exit_2(tiny32: Generator, nets, tmp
     assert bad.exit_code == 2 and "1024 px" in bad.output and "Traceback" not in bad.output
 
 
-@pytest.mark.parametrize("task", ["denoise:3", "superres:x", "superres:64", "inpaint:nose"])
-def test_bad_tasks_are_user_errors(task: str) -> None:
-    with pytest.raises(UserError):
+@pytest.mark.parametrize(("task", "message"), [
+    ("denoise:3", "unknown task 'denoise:3'; write inpaint:<mask preset> or superres:<factor>"),
+    ("superres:x", "unknown task 'superres:x'; write inpaint:<mask preset> or superres:<factor>"),
+    ("superres:64", "super-resolution factor 64 does not divide the resolution 32"),
+    ("inpaint:nose", "unknown mask preset 'nose'; valid names: right-half"),
+])
+def test_bad_tasks_are_user_errors(task: str, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
         ev.resolve_grid("quick", [task], None, 32)

@@ -7,7 +7,6 @@ loaded into both our module and lpips's (whose lin weights are the real ones in 
 from __future__ import annotations
 
 import urllib.error
-import warnings
 
 import lpips
 import pytest
@@ -20,31 +19,13 @@ from lbrgm_fast.errors import UserError, WeightsNotFoundError
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 from lbrgm_fast.weights import load_state_dict_file, resolve_weights
 
+from torchvision_weights import lpips_reference
+
 
 def seeded_torchvision(name: str, seed: int) -> torch.nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return getattr(torchvision.models, name)(weights=None).eval()
-
-
-def lpips_reference(net: str, tv_model: torch.nn.Module) -> lpips.LPIPS:
-    """lpips.LPIPS with its random backbone replaced by `tv_model`'s weights.
-
-    lpips's slices keep torchvision's layer indices as module names, so each conv is copied
-    from the torchvision module of the same index (independent of our own key mapping)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        ref = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
-    copied = 0
-    with torch.no_grad():
-        for slice_name, block in ref.net.named_children():
-            for idx, module in block.named_children():
-                if isinstance(module, torch.nn.Conv2d):
-                    module.weight.copy_(tv_model.features[int(idx)].weight)
-                    module.bias.copy_(tv_model.features[int(idx)].bias)
-                    copied += 1
-    assert copied == (13 if net == "vgg" else 5)
-    return ref
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +40,7 @@ def phi(tv_vgg) -> VGG16Features:
 
 @pytest.fixture(scope="module")
 def lpips_vgg(tv_vgg) -> lpips.LPIPS:
-    return lpips_reference("vgg", tv_vgg)
+    return lpips_reference("vgg", tv_vgg.features)
 
 
 @pytest.fixture
@@ -226,7 +207,7 @@ def test_vgg_features_export(rng) -> None:
 def test_lpips_alex_equals_lpips_package(rng) -> None:
     tv_alex = seeded_torchvision("alexnet", 3)
     ours = LpipsAlex.from_torchvision_state_dict(tv_alex.state_dict())
-    ref = lpips_reference("alex", tv_alex)
+    ref = lpips_reference("alex", tv_alex.features)
     x, y = images(rng, 2, 64), images(rng, 2, 64)
     with torch.no_grad():
         expected = ref(x, y).reshape(-1)
