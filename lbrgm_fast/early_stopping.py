@@ -1,20 +1,20 @@
 """Which iterate a run keeps: the early-stopping rules and their scores.
 
-* "oracle" (the papers'): the best LPIPS(alex) against the ground truth over the logged
-  iterates; it needs the ground truth, so it is an evaluation tool, not a restoration one.
+* "oracle" (the papers'): the best LPIPS(alex) against the ground truth over the tracked
+  iterates (every `track_every` steps, and every logged one); it needs the ground truth, so it is an evaluation tool, not a restoration one.
 * "holdout": without ground truth, a seeded `holdout_fraction` of the observed pixels is left
   out of the data terms, and the iterate that predicts them best is kept.
 * "none": the last iterate.
 * "auto": oracle with a ground truth and a monitor, holdout otherwise.
 
-A score is per row (B,), lower is better; the loop keeps, per row, the logged iterate with
-the lowest score (`ReconstructionState.record`).
+A score is per row (B,), lower is better; the loop keeps, per row, the tracked iterate with
+the lowest score (`ReconstructionState.keep_best`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -24,7 +24,7 @@ from lbrgm_fast.operators import Operator
 from lbrgm_fast.runtime.engines import ForwardEngine
 
 EarlyStop = Literal["auto", "oracle", "holdout", "none"]
-RULES: tuple[str, ...] = ("auto", "oracle", "holdout", "none")
+RULES: tuple[str, ...] = get_args(EarlyStop)
 #: Added to a row's seed for its holdout mask, so that the mask's draw is independent of the
 #: candidates' (which use the seed itself).
 HOLDOUT_SEED_OFFSET = 1_000_003
@@ -43,13 +43,10 @@ def holdout_mask(operator: Operator, resolution: int, size: tuple[int, int], see
     """Seeded per-row Bernoulli(`fraction`) mask over the observed pixels, [B, 1, h, w]
     (h, w = `size`, the observation's), 1 on the held-out pixels."""
     with torch.no_grad():
-        observed = operator(torch.ones(1, 3, resolution, resolution, device=device))
-    observed = (observed[:, :1] > 0.5).float().cpu()
-    masks = []
-    for s in seeds:
-        gen = torch.Generator().manual_seed(s + HOLDOUT_SEED_OFFSET)
-        masks.append((torch.rand(1, 1, *size, generator=gen) < fraction).float() * observed)
-    return torch.cat(masks).to(device)
+        observed = (operator(torch.ones(1, 3, resolution, resolution, device=device))[:, :1] > 0.5).float()
+    # Drawn on the CPU (seeded generators give the same draws on every device), masked on `device`.
+    draws = [torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(s + HOLDOUT_SEED_OFFSET)) for s in seeds]
+    return (torch.cat(draws) < fraction).float().to(device) * observed
 
 
 def score_function(

@@ -1,7 +1,7 @@
 """Progress reports of the loop, read from the device without waiting for it.
 
 Every `log_every` steps the loop records the loss terms and the score on the device
-(`ReconstructionState.record`) and pushes that log here: on CUDA its values start copying to
+(`ReconstructionState.log`) and pushes that log here: on CUDA its values start copying to
 pinned host memory without blocking, and they are read when the next log is pushed, when the
 device is long past them. So a report arrives one log interval late, and a batch whose every
 sample has stopped (non-finite loss) runs one interval more before the loop learns of it.
@@ -67,7 +67,7 @@ class Reports:
         self.pending: _HostCopy | None = None
 
     def push(self, state: ReconstructionState, images: torch.Tensor) -> bool:
-        """Start reading the log `state.record` just made (its images: those of that iterate)."""
+        """Start reading the log `state.log` just made (its images: those of that iterate)."""
         alive = self.flush()
         # Every step returns new image tensors (a CUDA-graph step returns a copy of its static
         # output), so the reference stays this log's until it is handed on.

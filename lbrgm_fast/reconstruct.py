@@ -207,7 +207,7 @@ class Reconstructor:
             if value < least:
                 raise UserError(f"{name} must be >= {least}, got {value}")
         if early_stop not in RULES:
-            raise UserError(f"unknown early-stopping rule {early_stop!r}; choose auto, oracle, holdout or none")
+            raise UserError(f"unknown early-stopping rule {early_stop!r}; choose {', '.join(RULES[:-1])} or {RULES[-1]}")
         if not 0.0 < holdout_fraction < 0.5:
             raise UserError(f"holdout fraction must be in (0, 0.5), got {holdout_fraction}")
         self.generator = generator

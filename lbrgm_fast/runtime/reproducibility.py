@@ -27,6 +27,7 @@ from contextlib import contextmanager
 import torch
 
 from lbrgm_fast.errors import UserError
+from lbrgm_fast.runtime.devices import cpu_features
 
 __all__ = ["MKL_REPRODUCIBLE", "check", "configure_process", "promise", "reproducible_run"]
 
@@ -91,6 +92,6 @@ def promise(deterministic: bool, device: torch.device) -> dict[str, object]:
         "deterministic": deterministic,
         "device": str(device),
         "threads": 1 if deterministic else torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": cpu_features().capability,
         "mkl_cbwr": os.environ.get("MKL_CBWR"),
     }

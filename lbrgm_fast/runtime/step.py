@@ -16,8 +16,10 @@ this module runs that function as `StepOptions` ask and knows nothing of L-BRGM:
   after a few warm-up steps on a side stream, then replayed: one launch per step. Adam must be
   `capturable` (`make_optimizer` does this).
 
-A compiled step owns its compiled code (its own recompilation region, `_compile`): nothing
-another step or another Reconstructor compiled is thrown away when a step is built, and a step
+A compiled step owns its compiled code (its own recompilation region, `_compile`, with torch
+>= 2.14; an older torch has no such regions and resets every compiled step's code instead, so
+a job's two Reconstructors then recompile in turn): nothing another step or another
+Reconstructor compiled is thrown away when a step is built, and a step
 rebuilt for the next batch over the same latents and Adam (`refill_latents`, then
 `Step.rebind`) runs that code without being traced again. Inductor also caches its code on
 disk (`configure_compile_cache`), so a later process skips code generation. The first calls
@@ -428,7 +430,7 @@ class Step:
     def rebind(self, objective: Any, profiler: Profiler | None = None) -> Step:
         """This step for `objective`: no tracing; a CUDA graph is captured again (its warm-up
         and capture go to `profiler`'s "compile" phase)."""
-        compiling_calls = CUDA_GRAPH_WARMUP + 1 if self.options.cuda_graphs else 0
+        compiling_calls = self.options.warmup_calls if self.options.cuda_graphs else 0
         return Step(self.body, self._run_body, objective, self.options, profiler, compiling_calls)
 
 
