@@ -14,10 +14,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lbrgm_fast import bench
 from lbrgm_fast.bench import PROFILE_STEPS, SHAPES, BenchOptions, default_modes, parse_mode, render_table, run_bench
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.io import json_text
+from lbrgm_fast.perceptual import LpipsAlex
 from lbrgm_fast.runtime.step import StepOptions
+from lbrgm_fast.state import ReconstructionState
 
 from reference import nvidia_config
 
@@ -116,14 +119,45 @@ def test_fixture_shapes_match_the_fixtures(name: str) -> None:
     assert SHAPES[name] == nvidia_config(name)
 
 
-def test_tracked_mode_times_the_step_with_per_step_oracle_tracking() -> None:
+def test_tracked_mode_times_the_step_with_per_step_oracle_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
     """"-tracked" is the step plus LPIPS(alex) and keeping the best iterate (the loop's
     `track_every=1`), timed against the bare step in the same run."""
     assert parse_mode("eager-fp32-tracked") == parse_mode("eager-fp32")
     assert parse_mode("compiled-bf16-graphs-tracked") == StepOptions(compile=True, precision="bf16", cuda_graphs=True)
     with pytest.raises(UserError, match="tracked"):
         parse_mode("eager-tracked")
+    # Observe the tracking: every call of the tracked step (warm-up, untimed and timed rounds, the
+    # finite-loss check) scores its images with the LPIPS(alex) monitor against the truth and
+    # hands that score to keep_best with the next step number; the bare step does neither.
+    calls = {"tracked_steps": 0}
+    scored: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    kept: list[int] = []
+    real_tracked, real_forward, real_keep_best = bench._tracked, LpipsAlex.forward, ReconstructionState.keep_best
+
+    def counting_tracked(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        step = real_tracked(*args, **kwargs)
+
+        def counted():  # noqa: ANN202
+            calls["tracked_steps"] += 1
+            return step()
+
+        return counted
+
+    def forward(self, x, y, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        scored.append((tuple(x.shape), tuple(y.shape)))
+        return real_forward(self, x, y, *args, **kwargs)
+
+    def keep_best(self, step, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        kept.append(step)
+        return real_keep_best(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "_tracked", counting_tracked)
+    monkeypatch.setattr(LpipsAlex, "forward", forward)
+    monkeypatch.setattr(ReconstructionState, "keep_best", keep_best)
     options = BenchOptions(shapes=("tiny32",), modes=("eager-fp32", "eager-fp32-tracked"), batch_sizes=(2,), steps=2, device="cpu", vgg_resolution=32)
     bare, tracked = run_bench(options)
+    assert calls["tracked_steps"] >= options.steps + 1  # at least the timed rounds and the untimed one
+    assert scored == [((2, 3, 32, 32), (2, 3, 32, 32))] * calls["tracked_steps"]
+    assert kept == list(range(calls["tracked_steps"]))
     check_result(tracked, "eager-fp32-tracked")
     assert bare["mode"] == "eager-fp32" and tracked["speedup_vs_eager"] == pytest.approx(bare["ms_per_step"] / tracked["ms_per_step"])
