@@ -316,7 +316,7 @@ def eval_command(
             stderr.print(f"[red]failed:[/] {name}: {message}", highlight=False)
         rows = ev.evaluate(models.generator, models.perceptual, models.monitor, targets, task_list, method_list, out,  # type: ignore[arg-type]
                            steps=steps, candidates=candidates, seed=seed, batch_size=batch_size, step_options=step_options,
-                           on_note=lambda message: stderr.print(message, highlight=False))
+                           engine=models.engine, on_note=lambda message: stderr.print(message, highlight=False))
         rows += [ev.failed_row(name, task, method, message) for name, message in failed for task in task_list for method in method_list]
         ev.write_results(rows, out)
         ev.write_figures(rows, targets, out)

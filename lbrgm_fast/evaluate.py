@@ -32,13 +32,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from lbrgm_fast.errors import UserError
-from lbrgm_fast.io import IMAGE_SUFFIXES, atomic_write, load_image, save_image, write_json
+from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, unique_names, write_json
 from lbrgm_fast.methods import METHODS
 from lbrgm_fast.metrics import HIGHER_IS_BETTER, METRICS, ImageMetrics
 from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting, Operator, SuperResolution
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
 from lbrgm_fast.reconstruct import Reconstructor
+from lbrgm_fast.runtime.engines import ForwardEngine
 from lbrgm_fast.runtime.step import StepOptions
 
 
@@ -123,14 +124,15 @@ def folder_targets(folder: Path, resolution: int) -> tuple[list[Target], list[tu
     (name, message) of each one that could not be read."""
     if not folder.is_dir():
         raise UserError(f"--images {folder}: not a folder")
+    paths, problems = find_inputs([str(folder)])
+    if problems:
+        raise UserError(f"--images {folder}: {problems[0][1]}")
     targets, failed = [], []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path, name in zip(paths, unique_names(paths)):  # a.png and a.jpg get cells of their own
         try:
-            targets.append(Target(path.stem, load_image(path, resolution)[0]))
+            targets.append(Target(name, load_image(path, resolution)[0]))
         except UserError as exc:
-            failed.append((path.stem, str(exc)))
-    if not targets and not failed:
-        raise UserError(f"--images {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+            failed.append((name, str(exc)))
     return targets, failed
 
 
@@ -162,6 +164,7 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 1,
     step_options: StepOptions | None = None,
+    engine: ForwardEngine | None = None,
     on_note: Callable[[str], None] = lambda message: None,
 ) -> list[dict]:
     """Restore and measure every target × task × method not already in `out`; returns one plain
@@ -175,6 +178,8 @@ def evaluate(
         out: Where cells, results and figures go (made if missing).
         steps, candidates, seed, batch_size: As `lbrgm-fast run` (seed: every image's).
         step_options: How the step runs (default eager float32).
+        engine: Runs the forward-only phases (a plan's selected backends, `loading.load_models`);
+            default the torch modules.
         on_note: Receives one line per failed cell and per method started.
     """
     resolution = generator.img_resolution
@@ -185,7 +190,7 @@ def evaluate(
         missing = 1 - operator.mask if isinstance(operator, Inpainting) else None
         for method in methods:
             rec = Reconstructor(generator, perceptual, method=method, steps=steps, candidates=candidates,
-                                monitor=monitor, early_stop="oracle", step_options=step_options)
+                                monitor=monitor, early_stop="oracle", step_options=step_options, engine=engine)
             todo = []
             for t in targets:
                 cached = _cell_path(out, task, method, t.name, ".json")

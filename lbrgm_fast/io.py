@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -129,6 +129,21 @@ def load_image(path: str | Path, size: int | None = None, strict: bool = False) 
         tensor = torch.nn.functional.interpolate(tensor[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False)[0]
         tensor = tensor.clamp(0, 1)
     return tensor.contiguous(), notes
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """One name per input (its folder, its cells): the file stem, made unique with the parent
+    folder or a counter (a.png and a.jpg, or two folders' a.png)."""
+    names: list[str] = []
+    for p in paths:
+        name = p.stem
+        if name in names:
+            name = f"{p.parent.name}-{p.stem}"
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
 
 
 def find_inputs(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:

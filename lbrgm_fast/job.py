@@ -8,7 +8,6 @@ never stops the others: its error is reported and the job goes on.
 from __future__ import annotations
 
 import dataclasses
-import math
 import platform
 import time
 from collections.abc import Sequence
@@ -20,10 +19,11 @@ import numpy as np
 import torch
 
 from lbrgm_fast.errors import ImageError, UserError
-from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, save_npz, write_json
+from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, save_npz, unique_names, write_json
 from lbrgm_fast.loading import Models
 from lbrgm_fast.loading import load_models as load_source_models
 from lbrgm_fast.methods import resolve_preset
+from lbrgm_fast.metrics import masked_mean, psnr_from_mse
 from lbrgm_fast.objective import TERM_NAMES
 from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution, infer_factor
 from lbrgm_fast.perceptual import LpipsAlex
@@ -206,27 +206,6 @@ def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: Inp
 # Writing results
 
 
-def _folder_names(paths: Sequence[Path]) -> list[str]:
-    """Per-input folder names: the file stem, made unique with the parent folder or a counter."""
-    names: list[str] = []
-    for p in paths:
-        name = p.stem
-        if name in names:
-            name = f"{p.parent.name}-{p.stem}"
-        base, k = name, 2
-        while name in names:
-            name, k = f"{base}-{k}", k + 1
-        names.append(name)
-    return names
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> float:
-    """PSNR in dB of images in [0, 1], optionally over the pixels where `weight` is 1."""
-    sq = (a.float() - b.float()).square()
-    mse = float(sq.mean()) if weight is None else float((sq * weight).sum() / (weight.sum() * a.shape[0]).clamp_min(1))
-    return 10 * math.log10(1 / max(mse, 1e-12))
-
-
 def write_outputs(
     prepared: PreparedInput,
     index: int,
@@ -259,9 +238,10 @@ def write_outputs(
     }
     if prepared.ground_truth is not None:
         gt = prepared.ground_truth
-        metrics["psnr"] = psnr(restored, gt)
+        squared = (restored.float() - gt.float()).square()[None]  # [1, 3, H, W]
+        metrics["psnr"] = float(psnr_from_mse(squared.mean()))
         if mask is not None:
-            metrics["psnr_missing_region"] = psnr(restored, gt, 1 - mask)
+            metrics["psnr_missing_region"] = float(psnr_from_mse(masked_mean(squared, (1 - mask)[None])[0]))
         if lpips is not None:
             # The monitor lives on the run's device; the restored image is already on the host.
             device = next(lpips.parameters()).device
@@ -302,6 +282,12 @@ def _load_state(path: Path) -> ReconstructionState | None:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def needs_monitor(options: RunOptions) -> bool:
+    """Whether a run of `options` loads the LPIPS(alex) monitor: with a ground truth, for the
+    oracle rule (explicit or auto)."""
+    return bool(options.ground_truth or options.degrade) and options.early_stop in ("auto", "oracle")
 
 
 def load_models(options: RunOptions, device: torch.device, need_monitor: bool, reporter: Reporter | None = None) -> Models:
@@ -353,7 +339,6 @@ def run_job(
         if not outcomes:
             raise UserError("no inputs given")
         return outcomes
-    need_monitor = bool(options.ground_truth or options.degrade) and options.early_stop in ("auto", "oracle")
     # Checked before the (slow) model loading, so that a bad combination fails at once.
     step_options = auto_step_options(
         device, steps=options.steps, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs,  # type: ignore[arg-type]
@@ -368,7 +353,7 @@ def run_job(
                       f"a run of {options.steps} steps writes no trace")
     profiler = Profiler(device)
     with profiler.phase("load"):
-        models = models or load_models(options, device, need_monitor, reporter)
+        models = models or load_models(options, device, needs_monitor(options), reporter)
     for n in models.notes:
         reporter.note(n)
     resolution = models.generator.img_resolution
@@ -376,7 +361,7 @@ def run_job(
     mask = shared_operator.mask.cpu() if isinstance(shared_operator, Inpainting) else None
 
     prepared: list[PreparedInput] = []
-    for path, name in zip(paths, _folder_names(paths)):
+    for path, name in zip(paths, unique_names(paths)):
         outcome = InputOutcome(name=name, source=str(path), folder=options.out / name)
         outcomes.append(outcome)
         assert outcome.folder is not None

@@ -37,6 +37,11 @@ MAX_SUPERSAMPLE = 4
 TRANSFORM_VERSION = 1
 
 
+def quad_side(quad: np.ndarray) -> float:
+    """The side of an FFHQ quad [4, 2] (top-left, bottom-left, bottom-right, top-right) in photo pixels."""
+    return float(np.hypot(*(quad[3] - quad[0])))
+
+
 @dataclass(frozen=True)
 class FaceTransform:
     """Where an aligned crop comes from: the quad's corners in the photo and the crop's size.
@@ -59,7 +64,7 @@ class FaceTransform:
     @property
     def side(self) -> float:
         """The quad's side in photo pixels: how many photo pixels the crop's side spans."""
-        return float(np.hypot(*(self.quad[3] - self.quad[0])))
+        return quad_side(self.quad)
 
     def matrix(self) -> np.ndarray:
         """[2, 3] affine map from crop coordinates (u, v, 1) to photo coordinates (x, y)."""
@@ -75,10 +80,6 @@ class FaceTransform:
         """Photo points [N, 2] -> crop points [N, 2]."""
         m = self.matrix()
         return (points - m[:, 2]) @ np.linalg.inv(m[:, :2]).T
-
-    def resized(self, size: int) -> FaceTransform:
-        """The same quad for a crop of another side (e.g. a restoration at the generator's size)."""
-        return FaceTransform(self.quad, size, self.photo_size)
 
     def to_dict(self) -> dict:
         return {
@@ -148,7 +149,7 @@ def _pad_outside(work: torch.Tensor, quad: np.ndarray, border: int) -> tuple[tor
     the padding (more towards its outer edge) and fade it to the median colour. Returns the
     padded image and the quad in its coordinates."""
     h, w = work.shape[1:]
-    side = float(np.hypot(*(quad[3] - quad[0])))
+    side = quad_side(quad)
     lo, hi = np.floor(quad.min(0)), np.ceil(quad.max(0))
     pad = [max(int(-lo[0]) + border, 0), max(int(-lo[1]) + border, 0), max(int(hi[0]) - w + border, 0), max(int(hi[1]) - h + border, 0)]
     if max(pad) <= border - 4:
@@ -210,7 +211,7 @@ def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 def _sample_quad(image: torch.Tensor, quad: np.ndarray, size: int) -> torch.Tensor:
     """Resample the quad of `image` [3, h, w] to [3, size, size]: bilinear at k*size, then the
     mean of k x k blocks, k the smallest that is not coarser than the image's pixels."""
-    side = float(np.hypot(*(quad[3] - quad[0])))
+    side = quad_side(quad)
     k = min(max(math.ceil(side / size), 1), MAX_SUPERSAMPLE)
     n = k * size
     t = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # sample centres along a crop side

@@ -16,16 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lbrgm_fast.align import AlignedFace, DetectedFace, DlibDetector, LandmarkDetector, align_face, photo_array
-from lbrgm_fast.align.ffhq import FaceTransform, ffhq_quad
+from lbrgm_fast.align.ffhq import FaceTransform, ffhq_quad, quad_side
 from lbrgm_fast.align.paste import paste
 from lbrgm_fast.errors import ImageError, UserError
-from lbrgm_fast.io import find_inputs, load_image, read_image, save_image, write_json
-from lbrgm_fast.job import InputOutcome, Reporter, RunOptions, _folder_names, run_job
+from lbrgm_fast.io import find_inputs, load_image, read_image, save_image, unique_names, write_json
+from lbrgm_fast.job import InputOutcome, Reporter, RunOptions, load_models, needs_monitor, run_job
 from lbrgm_fast.operators import MAX_FACTOR, SuperResolution
+from lbrgm_fast.runtime import resolve_device
 
 #: Which faces of a photo to keep: "all", "largest" or an index (0 = leftmost).
 FaceChoice = str | int
@@ -69,8 +69,7 @@ def choose_faces(faces: list[DetectedFace], choice: FaceChoice) -> list[int]:
 
 def _side(face: DetectedFace) -> float:
     """The side of a face's FFHQ crop in photo pixels (its size, for `largest` and the SR factor)."""
-    quad = ffhq_quad(face.points)
-    return float(np.hypot(*(quad[3] - quad[0])))
+    return quad_side(ffhq_quad(face.points))
 
 
 def superres_crop_size(side: float, resolution: int, factor: int | None) -> int:
@@ -143,7 +142,7 @@ def align_photos(
     detector = detector or DlibDetector()
     paths, problems = find_inputs(inputs)
     staged: list[StagedFace] = []
-    for path, name in zip(paths, _folder_names(paths)):
+    for path, name in zip(paths, unique_names(paths)):
         try:
             faces, skipped = stage_photo(path, name, out, detector, choice, lambda side: size)
         except UserError as exc:
@@ -154,17 +153,6 @@ def align_photos(
     return staged, problems
 
 
-def generator_resolution(options: RunOptions) -> int:
-    """The resolution of the run's generator, read before the job (the crops are made at it).
-    Reads the checkpoint or plan once more than the job does: seconds, beside minutes of restoring."""
-    from lbrgm_fast.describe import describe
-
-    source = options.engine or options.checkpoint
-    if source is None or (options.engine and options.checkpoint):
-        raise UserError("give exactly one of --checkpoint CKPT or --engine PLAN")
-    return int(describe(source)["resolution"])
-
-
 def run_aligned(
     options: RunOptions, choice: FaceChoice, reporter: Reporter | None = None, detector: LandmarkDetector | None = None
 ) -> list[InputOutcome]:
@@ -173,7 +161,9 @@ def run_aligned(
     if options.ground_truth:
         raise UserError("--ground-truth cannot be combined with --align (use --degrade: the aligned faces are the ground truth)")
     detector = detector or DlibDetector()
-    resolution = generator_resolution(options)
+    # Loaded once, before the crops (made at the generator's resolution), and handed to the job.
+    models = load_models(options, resolve_device(options.device), needs_monitor(options), reporter)
+    resolution = models.generator.img_resolution
     superres = options.task == "superres" and not options.degrade
     if superres and options.factor is not None:
         SuperResolution(options.factor, kernel=options.kernel, resolution=resolution)  # type: ignore[arg-type]  # checks it
@@ -184,7 +174,7 @@ def run_aligned(
     paths, problems = find_inputs(options.inputs)
     failed = [InputOutcome(name=name, source=name, status="failed", message=problem) for name, problem in problems]
     photos: list[tuple[Path, str, list[StagedFace]]] = []
-    for path, name in zip(paths, _folder_names(paths)):
+    for path, name in zip(paths, unique_names(paths)):
         try:
             faces, skipped = stage_photo(path, name, options.out / "aligned", detector, choice, crop_size)
         except UserError as exc:
@@ -195,7 +185,7 @@ def run_aligned(
     staged = [face for _, _, faces in photos for face in faces]
     if not staged:
         return failed
-    outcomes = run_job(dataclasses.replace(options, inputs=[str(s.crop) for s in staged]), reporter)
+    outcomes = run_job(dataclasses.replace(options, inputs=[str(s.crop) for s in staged]), reporter, models)
     by_name = {o.name: o for o in outcomes}  # the job names each folder after its crop
     for path, name, faces in photos:
         restored = [(s.transform, by_name[s.name]) for s in faces if by_name[s.name].status != "failed"]
