@@ -14,6 +14,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -229,7 +230,8 @@ def test_run_align_refuses_a_face_too_small_for_the_factor(
     """A 1024 px generator asked for x8 needs 128 px faces; the astronaut at half size has 85."""
     from lbrgm_fast.align import photos
 
-    monkeypatch.setattr(photos, "generator_resolution", lambda options: 1024)
+    # A 1024 px generator, as far as staging the crops goes (the face fails before the job runs).
+    monkeypatch.setattr(photos, "load_models", lambda *args: SimpleNamespace(generator=SimpleNamespace(img_resolution=1024)))
     small = save(np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.Resampling.LANCZOS)), tmp_path / "small.png")
     result = runner.invoke(app, [*base_run(weights, tmp_path / "out", str(small), "--task", "superres", "--factor", "8"), "--align"])
     assert result.exit_code == 2, result.output
