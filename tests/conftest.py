@@ -12,6 +12,7 @@ from lbrgm_fast.runtime.reproducibility import configure_process
 configure_process()
 
 from reference import NVIDIA_FIXTURES, nvidia_generator
+from torchvision_weights import random_weight_files
 
 
 @pytest.fixture(params=NVIDIA_FIXTURES)
@@ -22,3 +23,10 @@ def fixture_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def tiny32() -> Generator:
     return nvidia_generator("tiny32")
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """{"vgg16": path, "alexnet": path}: seeded random VGG16 / AlexNet files in torchvision's key
+    layout (no download here), written once for the whole session."""
+    return random_weight_files(tmp_path_factory.mktemp("weights"))

@@ -28,7 +28,7 @@ from lbrgm_fast.align.photos import superres_crop_size
 from lbrgm_fast.cli import app
 from lbrgm_fast.errors import ImageError
 
-from test_cli import base_run, weights  # noqa: F401 - the module-scoped weights fixture
+from test_cli import base_run
 
 runner = CliRunner()
 #: The astronaut's face box (left, top, right, bottom) and the mission patch's, in its 512 px photo.
@@ -196,7 +196,7 @@ def test_align_command(detector: DlibDetector, astronaut: np.ndarray, tmp_path: 
 
 
 def test_run_align_restores_faces_and_pastes_them_back(
-    detector: DlibDetector, astronaut: np.ndarray, weights: dict[str, str], tmp_path: Path  # noqa: F811
+    detector: DlibDetector, astronaut: np.ndarray, weights: dict[str, str], tmp_path: Path
 ) -> None:
     """Inpainting and super-resolution on the tiny32 generator: restored_full.png at the photo's
     size, bit-identical outside the faces; the mission patch untouched; no-face photos fail alone."""
@@ -225,7 +225,7 @@ def test_run_align_restores_faces_and_pastes_them_back(
 
 
 def test_run_align_refuses_a_face_too_small_for_the_factor(
-    detector: DlibDetector, astronaut: np.ndarray, weights: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    detector: DlibDetector, astronaut: np.ndarray, weights: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A 1024 px generator asked for x8 needs 128 px faces; the astronaut at half size has 85."""
     from lbrgm_fast.align import photos
@@ -238,7 +238,7 @@ def test_run_align_refuses_a_face_too_small_for_the_factor(
     assert result.stderr.count("\n") == 1 and "small-face0: the face is 85 px across, too small for --factor 8" in result.stderr
 
 
-def test_missing_extra_is_one_line(weights: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_missing_extra_is_one_line(weights: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     photo = save(np.zeros((64, 64, 3), dtype=np.uint8), tmp_path / "photo.png")
     with monkeypatch.context() as patch:
         patch.setitem(sys.modules, "dlib", None)  # import dlib now fails, installed or not
@@ -253,7 +253,7 @@ def test_missing_extra_is_one_line(weights: dict[str, str], tmp_path: Path, monk
             DlibDetector()
 
 
-def test_bad_face_choices_are_one_line(weights: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+def test_bad_face_choices_are_one_line(weights: dict[str, str], tmp_path: Path) -> None:
     photo = save(np.zeros((64, 64, 3), dtype=np.uint8), tmp_path / "photo.png")
     for args, message in ((["align", str(photo), "--out", str(tmp_path), "--face", "left"], "--face must be all, largest or a face index"),
                           ([*base_run(weights, tmp_path, str(photo)), "--face", "1"], "add --align")):

@@ -16,16 +16,9 @@ from lbrgm_fast.demo import LABEL_BAND, run_demo
 from lbrgm_fast.perceptual import VGG16Features
 
 from reference import FIXTURES, nvidia_generator
-from torchvision_weights import random_weight_files
 
 PICKLE = FIXTURES / "stylegan2-ada" / "tiny32" / "network-snapshot.pkl"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Seeded random VGG16 / AlexNet files in torchvision's key layout (no download here)."""
-    return random_weight_files(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,12 @@ from lbrgm_fast.runtime.engines import TorchEngine
 
 from plans import PHI_RESOLUTION, tiny32_plan
 from reference import FIXTURES, nvidia_generator
-from torchvision_weights import random_weight_files
 
 CHECKPOINTS = {
     "nvidia-tiny32": FIXTURES / "stylegan2-ada" / "tiny32" / "network-snapshot.pkl",
     "rosinality-tiny32": FIXTURES / "rosinality" / "tiny32" / "checkpoint.pt",
 }
 SHORT = dict(steps=2, candidates=2, log_every=1, early_stop="none")
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return random_weight_files(tmp_path_factory.mktemp("weights"))
 
 
 def restores(rec: Reconstructor) -> bool:

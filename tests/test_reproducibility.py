@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 
 from lbrgm_fast.errors import UserError
-from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.runtime import reproducibility
 
 from reference import FIXTURES
@@ -125,14 +123,10 @@ def test_deterministic_is_refused_off_the_cpu() -> None:
 
 
 @pytest.fixture(scope="module")
-def cli_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("cli")
-    torch.save({f"features.{k}": v for k, v in VGG16Features.random(0).layers.state_dict().items()}, folder / "vgg16.pth")
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), folder / "alexnet.pth")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "face.png")
-    return {"folder": folder, "vgg16": folder / "vgg16.pth", "alexnet": folder / "alexnet.pth", "face": folder / "face.png"}
+def face(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path
 
 
 def lbrgm_fast(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -145,15 +139,15 @@ def lbrgm_fast(*args: object, env: dict[str, str] | None = None) -> subprocess.C
     return subprocess.run(command, env=os.environ if env is None else env, cwd=TESTS, capture_output=True, text=True, timeout=600)
 
 
-def test_the_command_runs_under_strict_mkl_and_reports_its_promise(cli_files: dict[str, Path], tmp_path: Path) -> None:
+def test_the_command_runs_under_strict_mkl_and_reports_its_promise(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
     cache = tmp_path / "xdg"
     env = {"MKL_VERBOSE": "1", "XDG_CACHE_HOME": str(cache), "OMP_NUM_THREADS": "2"}
     child_env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "TORCHINDUCTOR_CACHE_DIR")} | env
     done = lbrgm_fast(
         "run", "--checkpoint", str(FIXTURES / "stylegan2-ada" / "tiny32" / "network-snapshot.pkl"),
-         "--vgg16", str(cli_files["vgg16"]), "--alexnet", str(cli_files["alexnet"]), "--mask-preset", "eyes",
+         "--vgg16", weights["vgg16"], "--alexnet", weights["alexnet"], "--mask-preset", "eyes",
          "--steps", "2", "--candidates", "2", "--device", "cpu", "--no-compile", "--quiet", "--json",
-         "--out", tmp_path / "out", cli_files["face"], env=child_env)
+         "--out", tmp_path / "out", face, env=child_env)
     assert done.returncode == 0, done.stderr[-3000:]
     verbose = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if "SGEMM" in line]
     assert verbose and all("CNR:AUTO,STRICT" in line and "Dyn:0" in line for line in verbose)
@@ -166,10 +160,16 @@ def test_the_command_runs_under_strict_mkl_and_reports_its_promise(cli_files: di
     assert (cache / "lbrgm-fast" / "torchinductor").is_dir()  # the command's compile cache, not torch's /tmp default
 
 
-def test_the_command_answers_bad_input_with_one_line_and_exit_2(cli_files: dict[str, Path], tmp_path: Path) -> None:
-    done = lbrgm_fast("run", "--checkpoint", tmp_path / "missing.pkl", "--device", "cpu", cli_files["face"])
+def test_the_command_answers_bad_input_with_one_line_and_exit_2(face: Path, tmp_path: Path) -> None:
+    done = lbrgm_fast("run", "--checkpoint", tmp_path / "missing.pkl", "--device", "cpu", face)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert [line for line in done.stderr.splitlines() if line.strip()] == [f"error: cannot use checkpoint '{tmp_path / 'missing.pkl'}': no such file"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU: without one, --device cuda is refused earlier, for having no GPU")
+def test_the_command_refuses_deterministic_on_the_gpu(face: Path) -> None:
     refused = lbrgm_fast("run", "--checkpoint", FIXTURES / "stylegan2-ada" / "tiny32" / "network-snapshot.pkl",
-                         "--deterministic", "--device", "cuda", cli_files["face"])
+                         "--deterministic", "--device", "cuda", face)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--deterministic is for CPU runs" in refused.stderr
