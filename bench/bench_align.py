@@ -41,9 +41,16 @@ def seconds(call: Callable[..., object], *args: object) -> tuple[float, object]:
 
 
 def cpu_model() -> str:
-    """lscpu's model name and CPU count (this machine's, for the report)."""
+    """This machine's CPU, for the report: lscpu's model name, family / model and CPU count, and
+    what torch sees of its vector units (capability, avx512_bf16, AMX: whether bf16 is native)."""
+    from lbrgm_fast.runtime.devices import cpu_features
+
     fields = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if ":" in line)
-    return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} logical CPUs"
+    field = lambda name: fields.get(name, "?").strip()  # noqa: E731
+    features = cpu_features()
+    return (f"{field('Model name')} (family {field('CPU family')} model {field('Model')}), {field('CPU(s)')} logical CPUs; "
+            f"torch CPU capability {features.capability}, avx512_bf16 {'yes' if features.avx512_bf16 else 'no'}, "
+            f"AMX {'yes' if features.amx else 'no'} ({'native' if features.native_bf16 else 'emulated'} bf16)")
 
 
 def main() -> None:
