@@ -12,33 +12,19 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 
 from lbrgm_fast.config import GeneratorConfig
 from lbrgm_fast.io import atomic_write, load_image, save_image, write_json
 from lbrgm_fast.job import Models, Reporter, RunOptions, SilentReporter, run_job
 from lbrgm_fast.model import Generator
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.plots import labelled_grid
 
 #: The demo generator: the shape of the tiny32 test fixture (32 px, 8 style layers).
 DEMO_CONFIG = GeneratorConfig(z_dim=32, w_dim=32, img_resolution=32, channel_base=512, channel_max=64)
 DEMO_MASK = "right-half"
 METHODS = ("lbrgm", "brgm", "none")
 METHOD_LABELS = {"lbrgm": "L-BRGM", "brgm": "BRGM", "none": "no prior"}
-#: Height of the band above the comparison's panels that names them.
-LABEL_BAND = 16
-
-
-def _labelled(strip: torch.Tensor, names: list[str]) -> Image.Image:
-    """`strip` [3, H, n·W] in [0, 1] of n equal panels, under a white band naming each one."""
-    pixels = (strip.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    canvas = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + LABEL_BAND), "white")
-    canvas.paste(Image.fromarray(pixels), (0, LABEL_BAND))
-    draw, width = ImageDraw.Draw(canvas), pixels.shape[1] // len(names)
-    for i, name in enumerate(names):
-        draw.text((i * width + 3, 2), name, fill="black", font=ImageFont.load_default())
-    return canvas
 
 
 def demo_models(seed: int) -> Models:
@@ -85,10 +71,9 @@ def run_demo(out: Path, steps: int = 200, seed: int = 0, reporter: Reporter | No
             panels.append(load_image(outcome.folder / "observation.png")[0])  # type: ignore[operator]
         panels.append(load_image(outcome.folder / "restored.png")[0])  # type: ignore[operator]
 
-    # ground truth | observation | lbrgm | brgm | none, enlarged 4x for viewing, each named.
-    strip = F.interpolate(torch.cat(panels, dim=2)[None], scale_factor=4, mode="nearest")[0]
+    # ground truth | observation | lbrgm | brgm | none, enlarged for viewing, each named.
     summary["comparison"] = str(out / "comparison.png")
     names = ["ground truth", "observation", *(METHOD_LABELS[m] for m in METHODS)]
-    atomic_write(out / "comparison.png", lambda f: _labelled(strip, names).save(f, format="PNG"))
+    atomic_write(out / "comparison.png", lambda f: labelled_grid([panels], names).save(f, format="PNG"))
     write_json(out / "summary.json", summary)
     return summary

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, unique_names, write_json
@@ -38,6 +36,7 @@ from lbrgm_fast.metrics import HIGHER_IS_BETTER, METRICS, ImageMetrics
 from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting, Operator, SuperResolution
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.plots import labelled_grid
 from lbrgm_fast.reconstruct import Reconstructor
 from lbrgm_fast.runtime.engines import ForwardEngine
 from lbrgm_fast.runtime.step import StepOptions
@@ -63,9 +62,6 @@ PROTOCOLS: dict[str, Protocol] = {
 IN_RANGE_SEED_OFFSET = 2_000_003
 #: Images per task figure (the first ones every method finished).
 FIGURE_ROWS = 8
-#: Figures are enlarged (nearest) until a panel is at least this wide, so the labels fit.
-FIGURE_PANEL = 128
-LABEL_BAND = 14
 CSV_FIELDS = ("image", "task", "method", "status", "best_step", "seconds", *METRICS, *(f"hole_{m}" for m in METRICS), "message")
 
 
@@ -292,21 +288,6 @@ def write_results(rows: Sequence[dict], out: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Figures
-
-
-def labelled_grid(panels: Sequence[Sequence[torch.Tensor]], names: Sequence[str]) -> Image.Image:
-    """Rows of equal panels [3, S, S] in [0, 1] under a white band naming each column."""
-    side = panels[0][0].shape[-1]
-    scale = max(1, math.ceil(FIGURE_PANEL / side))
-    grid = torch.cat([torch.cat(list(row), dim=2) for row in panels], dim=1)  # [3, rows·S, columns·S]
-    grid = F.interpolate(grid[None].float(), scale_factor=scale, mode="nearest")[0]
-    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    canvas = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + LABEL_BAND), "white")
-    canvas.paste(Image.fromarray(pixels), (0, LABEL_BAND))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    for column, name in enumerate(names):
-        draw.text((column * side * scale + 3, 1), name, fill="black", font=font)
-    return canvas
 
 
 def write_figures(rows: Sequence[dict], targets: Sequence[Target], out: Path) -> list[Path]:

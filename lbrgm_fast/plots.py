@@ -1,14 +1,23 @@
-"""Loss curves as a small PNG, drawn with PIL (no plotting library needed)."""
+"""Loss curves and labelled image grids as PNG, drawn with PIL (no plotting library needed)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
-from PIL import Image, ImageDraw
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from lbrgm_fast.io import atomic_write
 
+#: Grids are enlarged (nearest) until a panel is at least this wide, so the labels fit.
+FIGURE_PANEL = 128
+#: Height of the white band above a grid that names its columns.
+LABEL_BAND = 14
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -44,3 +53,18 @@ def plot_curves(steps: np.ndarray, curves: dict[str, np.ndarray], path: Path, si
         draw.text((width - right - 60, height - bottom + 8), f"step {int(steps[-1])}", fill="black")
     draw.text((4, top), "log,\nper\ncurve", fill="black")
     atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+def labelled_grid(panels: Sequence[Sequence[torch.Tensor]], names: Sequence[str]) -> Image.Image:
+    """Rows of equal panels [3, S, S] in [0, 1] under a white band naming each column."""
+    side = panels[0][0].shape[-1]
+    scale = max(1, math.ceil(FIGURE_PANEL / side))
+    grid = torch.cat([torch.cat(list(row), dim=2) for row in panels], dim=1)  # [3, rows·S, columns·S]
+    grid = F.interpolate(grid[None].float(), scale_factor=scale, mode="nearest")[0]
+    pixels = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    canvas = Image.new("RGB", (pixels.shape[1], pixels.shape[0] + LABEL_BAND), "white")
+    canvas.paste(Image.fromarray(pixels), (0, LABEL_BAND))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for column, name in enumerate(names):
+        draw.text((column * side * scale + 3, 1), name, fill="black", font=font)
+    return canvas

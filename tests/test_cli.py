@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lbrgm_fast.cli import app
-from lbrgm_fast.demo import LABEL_BAND, run_demo
-from lbrgm_fast.perceptual import VGG16Features
+from lbrgm_fast.demo import run_demo
+from lbrgm_fast.plots import LABEL_BAND
 
 from reference import FIXTURES, nvidia_generator
 

@@ -24,6 +24,7 @@ from lbrgm_fast.metrics import ImageMetrics
 from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.plots import LABEL_BAND
 
 from torchvision_weights import lpips_reference
 
@@ -113,7 +114,7 @@ def test_eval_resumes_without_recomputing_finished_cells(tiny32: Generator, nets
     assert header == list(ev.CSV_FIELDS) and len((tmp_path / "results.csv").read_text().splitlines()) == 9
     (figure,) = [p for p in ev.write_figures(rows, targets, tmp_path) if "eyes" in p.name]
     with Image.open(figure) as img:  # ground truth | observation | lbrgm | none, 32 px panels enlarged 4x
-        assert img.size == (4 * 128, 2 * 128 + ev.LABEL_BAND)
+        assert img.size == (4 * 128, 2 * 128 + LABEL_BAND)
 
 
 def test_cli_eval_one_line_per_bad_image_and_exit_2(tiny32: Generator, nets, tmp_path: Path, monkeypatch) -> None:
