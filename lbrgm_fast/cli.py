@@ -70,13 +70,19 @@ app = typer.Typer(
 )
 
 
+def say(style: str, label: str, message: str) -> None:
+    """One line on stderr: `label` styled, then `message` as plain text (file names and error
+    messages may hold [brackets], which rich would otherwise read as markup and drop)."""
+    stderr.print(f"[{style}]{label}:[/] {escape(message)}", highlight=False)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a UserError into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
     try:
         yield
     except UserError as exc:
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        say("bold red", "error", str(exc))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         stderr.print("[yellow]interrupted[/]: finished inputs are saved; `--resume` continues the others")
@@ -106,7 +112,7 @@ class RichReporter:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            stderr.print(f"[cyan]note:[/] {message}", highlight=False)
+            say("cyan", "note", message)
 
     def batch_started(self, names: Sequence[str], steps: int) -> None:
         if self.quiet:
@@ -145,7 +151,7 @@ class RichReporter:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=progress.step, terms=terms, rate=rate)
         elif progress.step >= self._next_line or progress.step >= self._steps:
-            stderr.print(f"{self._label}: step {progress.step}/{self._steps} {terms} {rate}", highlight=False)
+            stderr.print(escape(f"{self._label}: step {progress.step}/{self._steps} {terms} {rate}"), highlight=False)
             self._next_line = progress.step + max(self._steps // self.PLAIN_LINES, 1)
 
     def batch_finished(self) -> None:
@@ -256,9 +262,9 @@ def run(
             outcomes = run_job(options, reporter)
     for o in outcomes:
         if o.status != "done":
-            stderr.print(f"[red]{o.status}:[/] {o.name}: {escape(o.message)}", highlight=False)
+            say("red", o.status, f"{o.name}: {o.message}")
         for n in o.notes:
-            stderr.print(f"[cyan]note:[/] {o.name}: {n}", highlight=False)
+            say("cyan", "note", f"{o.name}: {n}")
     if json_out:
         print(json_text([asdict(o) for o in outcomes]))
     elif not quiet:
@@ -313,10 +319,10 @@ def eval_command(
         else:
             targets = ev.in_range_targets(models.generator, in_range, seed)  # type: ignore[arg-type]
         for name, message in failed:
-            stderr.print(f"[red]failed:[/] {name}: {message}", highlight=False)
+            say("red", "failed", f"{name}: {message}")
         rows = ev.evaluate(models.generator, models.perceptual, models.monitor, targets, task_list, method_list, out,  # type: ignore[arg-type]
                            steps=steps, candidates=candidates, seed=seed, batch_size=batch_size, step_options=step_options,
-                           engine=models.engine, on_note=lambda message: stderr.print(message, highlight=False))
+                           engine=models.engine, on_note=lambda message: stderr.print(escape(message), highlight=False))
         rows += [ev.failed_row(name, task, method, message) for name, message in failed for task in task_list for method in method_list]
         ev.write_results(rows, out)
         ev.write_figures(rows, targets, out)
@@ -340,12 +346,12 @@ def align(
     with user_errors():
         staged, problems = align_photos(photos, out, size, parse_face_choice(face))
     for name, problem in problems:
-        stderr.print(f"[red]failed:[/] {name}: {escape(problem)}", highlight=False)
+        say("red", "failed", f"{name}: {problem}")
     if json_out:
         print(json.dumps([{"photo": str(s.photo), "face": s.index, "crop": str(s.crop), "transform": str(s.crop.with_suffix(".json"))} for s in staged], indent=2))
     else:
         for s in staged:
-            stderr.print(f"{s.photo}: face {s.index} -> {s.crop}", highlight=False)
+            stderr.print(escape(f"{s.photo}: face {s.index} -> {s.crop}"), highlight=False)
     if problems:
         raise typer.Exit(2)
 

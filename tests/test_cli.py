@@ -376,3 +376,10 @@ def test_progress_rate_is_the_steady_rate_after_compilation(monkeypatch: pytest.
     reporter.batch_finished()
     assert "face: step 20/20 loss 1 pix 2 2.00 steps/s" in capsys.readouterr().err
 
+
+
+def test_messages_keep_brackets_in_names(weights: dict[str, str], tmp_path: Path) -> None:
+    # rich reads [...] as markup: a file named like a tag must still be named in full.
+    result = invoke(*base_run(weights, tmp_path, str(tmp_path / "face[1].png"), "--mask-preset", "eyes"))
+    assert result.exit_code == 2
+    assert f"failed: {tmp_path / 'face[1].png'}: no files match" in result.output  # a glob, as the shell's
