@@ -18,6 +18,8 @@ Tasks are written `inpaint:<mask preset>` or `superres:<factor>`.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -132,6 +134,30 @@ def folder_targets(folder: Path, resolution: int) -> tuple[list[Target], list[tu
     return targets, failed
 
 
+def _weights_sha256(network: torch.nn.Module) -> str:
+    """SHA-256 of a network's weights and buffers (which generator made the cells)."""
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Record the settings the cells in `out` are made with (eval.json), or refuse to add cells
+    made otherwise: a finished cell is reused as it is, so mixed settings would mix results."""
+    path = out / "eval.json"
+    out.mkdir(parents=True, exist_ok=True)
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            raise UserError(f"{out} holds cells made with other settings ({', '.join(changed)}); "
+                            "give another --out, or remove it to start again")
+        return
+    write_json(path, settings)
+
+
 def _cell_path(out: Path, task: str, method: str, image: str, suffix: str) -> Path:
     return out / "cells" / task.replace(":", "-") / method / f"{image}{suffix}"
 
@@ -179,6 +205,10 @@ def evaluate(
         on_note: Receives one line per failed cell and per method started.
     """
     resolution = generator.img_resolution
+    _check_settings(out, {
+        "generator_sha256": _weights_sha256(generator), "steps": steps, "candidates": candidates, "seed": seed,
+        "step": dataclasses.asdict(step_options or StepOptions()),
+    })
     metrics = ImageMetrics(monitor, perceptual, resolution)
     rows: list[dict] = []
     for task in tasks:

@@ -149,3 +149,14 @@ def test_cli_eval_one_line_per_bad_image_and_exit_2(tiny32: Generator, nets, tmp
 def test_bad_tasks_are_user_errors(task: str, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
         ev.resolve_grid("quick", [task], None, 32)
+
+
+def test_eval_refuses_to_mix_cells_made_with_other_settings(tiny32: Generator, nets, tmp_path: Path) -> None:
+    vgg, alex = nets
+    targets = ev.in_range_targets(tiny32, 1, seed=5)
+    ev.evaluate(tiny32, vgg, alex, targets, ["inpaint:eyes"], ["none"], tmp_path, **STEPS)
+    recorded = json.loads((tmp_path / "eval.json").read_text())
+    assert recorded["steps"] == STEPS["steps"] and len(recorded["generator_sha256"]) == 64
+    with pytest.raises(UserError, match=r"holds cells made with other settings \(steps\)"):
+        ev.evaluate(tiny32, vgg, alex, targets, ["inpaint:eyes"], ["none"], tmp_path, **{**STEPS, "steps": STEPS["steps"] + 1})
+    ev.evaluate(tiny32, vgg, alex, targets, ["inpaint:eyes"], ["none"], tmp_path, **STEPS)  # the same settings go on
