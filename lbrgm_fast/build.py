@@ -6,7 +6,7 @@ import datetime
 import platform
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -96,19 +96,26 @@ def _load_perceptual(
             {**entry, "resolution": resolution},
             {"weights": "random", "seed": random_seed + 1},
         )
-    from lbrgm_fast.weights import load_state_dict_file, resolve_weights
+    from lbrgm_fast.weights import Backbone, load_backbone
 
-    vgg_path = resolve_weights("vgg16", vgg16)
-    perceptual = VGG16Features.from_torchvision_state_dict(load_state_dict_file(vgg_path), resolution=resolution)
+    def entry(loaded: Backbone) -> dict[str, Any]:
+        """The manifest's record of a backbone: official torchvision weights or another file of
+        their layout (`info` and `run --engine` then say its numbers are not the published LPIPS)."""
+        if loaded.note is not None:
+            reporter.note(loaded.note)
+        return {"weights": "torchvision" if loaded.official else "unofficial", "seed": None, "sha256": loaded.sha256}
+
+    vgg = load_backbone("vgg16", vgg16)
+    perceptual = VGG16Features.from_torchvision_state_dict(vgg.state_dict, resolution=resolution)
     try:
-        alex_path = resolve_weights("alexnet", alexnet)
+        alex = load_backbone("alexnet", alexnet)
     except WeightsNotFoundError as exc:
         if alexnet is not None:
             raise
         reporter.note(f"the plan has no LPIPS(alex) monitor ({exc})")
-        return perceptual, None, {"weights": "torchvision", "seed": None, "resolution": resolution}, None
-    monitor = LpipsAlex.from_torchvision_state_dict(load_state_dict_file(alex_path))
-    return perceptual, monitor, {"weights": "torchvision", "seed": None, "resolution": resolution}, {"weights": "torchvision", "seed": None}
+        return perceptual, None, {**entry(vgg), "resolution": resolution}, None
+    monitor = LpipsAlex.from_torchvision_state_dict(alex.state_dict)
+    return perceptual, monitor, {**entry(vgg), "resolution": resolution}, entry(alex)
 
 
 def build_plan(

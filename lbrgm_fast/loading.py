@@ -77,7 +77,7 @@ def load_models(
 
 
 def _from_plan(path: str | Path, device: torch.device, with_monitor: bool, forward_backend: str, reporter: NoteReporter) -> Models:
-    from lbrgm_fast.plan import read_plan
+    from lbrgm_fast.plan import describe_weights, read_plan
     from lbrgm_fast.runtime.select import select_engine
 
     plan = read_plan(path)
@@ -86,15 +86,17 @@ def _from_plan(path: str | Path, device: torch.device, with_monitor: bool, forwa
     monitor = plan.monitor() if with_monitor else None
     monitor = None if monitor is None else monitor.to(device)
     source = {"engine": str(path), "source_sha256": plan.manifest["source_sha256"]}
+    notes = [f"the plan's {name} weights are {describe_weights(plan.manifest[name])}" for name in ("perceptual", "monitor")
+             if plan.manifest[name] is not None and plan.manifest[name]["weights"] == "unofficial"]
     selection = select_engine(
         plan, forward_backend, device, reporter, torch_engine=TorchEngine(generator, perceptual, monitor), lpips=monitor is not None,
     )
-    return Models(generator, perceptual, monitor, source, [selection.reason], selection.engine, selection.describe())
+    return Models(generator, perceptual, monitor, source, [*notes, selection.reason], selection.engine, selection.describe())
 
 
 def _from_checkpoint(path: str | Path, device: torch.device, vgg16: str | Path | None, alexnet: str | Path | None, monitor_need: MonitorNeed) -> Models:
     from lbrgm_fast.checkpoints import read_checkpoint
-    from lbrgm_fast.weights import check_official, load_state_dict_file, resolve_weights
+    from lbrgm_fast.weights import load_backbone
 
     notes: list[str] = []
     ckpt = read_checkpoint(path)
@@ -105,12 +107,10 @@ def _from_checkpoint(path: str | Path, device: torch.device, vgg16: str | Path |
 
     def backbone(kind: Literal["vgg16", "alexnet"], path: str | Path | None) -> dict[str, torch.Tensor]:
         """The torchvision weights of `kind`; whether they are the official file goes to source and notes."""
-        resolved = resolve_weights(kind, path)
-        state = load_state_dict_file(resolved)
-        source[f"{kind}_sha256"], note = check_official(kind, resolved)
-        source[f"{kind}_official"] = note is None
-        notes.extend([] if note is None else [note])
-        return state
+        loaded = load_backbone(kind, path)
+        source[f"{kind}_sha256"], source[f"{kind}_official"] = loaded.sha256, loaded.official
+        notes.extend([] if loaded.note is None else [loaded.note])
+        return loaded.state_dict
 
     perceptual = VGG16Features.from_torchvision_state_dict(backbone("vgg16", vgg16))
     monitor = None

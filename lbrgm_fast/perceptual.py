@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from lbrgm_fast.errors import UserError, WeightsNotFoundError
+
+if TYPE_CHECKING:
+    from lbrgm_fast.weights import Backbone
 
 __all__ = ["LpipsAlex", "VGG16Features", "lpips_lin_weights"]
 
@@ -116,6 +120,13 @@ def _load_convs(target: Mapping[int, nn.Conv2d], sd: Mapping[str, object], net_n
             with torch.no_grad():
                 getattr(conv, part).copy_(value.to(torch.float32))
 
+
+
+def _warned(loaded: Backbone) -> dict[str, Tensor]:
+    """`loaded`'s weights, warning (once per call site) when they are not the official file."""
+    if loaded.note is not None:
+        warnings.warn(loaded.note, UserWarning, stacklevel=3)
+    return loaded.state_dict
 
 class VGG16Features(nn.Module):
     """φ: LPIPS-VGG v0.1 features whose squared distance is LPIPS-VGG, calibrated as NVIDIA's.
@@ -217,12 +228,11 @@ class VGG16Features(nn.Module):
     def pretrained(
         cls, path: str | Path | None = None, download: bool = True, resolution: int = 256
     ) -> VGG16Features:
-        """The real φ: torchvision's VGG16 weights found by `weights.resolve_weights`."""
-        from lbrgm_fast.weights import load_state_dict_file, resolve_weights
+        """The real φ: torchvision's VGG16 weights found by `weights.resolve_weights` (a
+        UserWarning when the file is not the official one: `weights.load_backbone`)."""
+        from lbrgm_fast.weights import load_backbone
 
-        return cls.from_torchvision_state_dict(
-            load_state_dict_file(resolve_weights("vgg16", path, download)), resolution
-        )
+        return cls.from_torchvision_state_dict(_warned(load_backbone("vgg16", path, download)), resolution)
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -327,11 +337,11 @@ class LpipsAlex(nn.Module):
 
     @classmethod
     def pretrained(cls, path: str | Path | None = None, download: bool = True) -> LpipsAlex:
-        """The real monitor: torchvision's AlexNet weights found by `weights.resolve_weights`."""
-        from lbrgm_fast.weights import load_state_dict_file, resolve_weights
+        """The real monitor: torchvision's AlexNet weights found by `weights.resolve_weights` (a
+        UserWarning when the file is not the official one: `weights.load_backbone`)."""
+        from lbrgm_fast.weights import load_backbone
 
-        sd = load_state_dict_file(resolve_weights("alexnet", path, download))
-        return cls.from_torchvision_state_dict(sd)
+        return cls.from_torchvision_state_dict(_warned(load_backbone("alexnet", path, download)))
 
     @torch.no_grad()
     def forward(self, x: Tensor, y: Tensor) -> Tensor:

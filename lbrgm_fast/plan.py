@@ -39,12 +39,24 @@ VERSION = 1
 #: The ONNX graphs a plan may hold (docs/plan-format.md).
 GRAPHS = ("mapping", "synthesis", "features", "lpips")
 MANIFEST = "manifest.json"
+#: How `info` names the weights of φ and the monitor, per the manifest's "weights" entry.
+WEIGHTS_DESCRIPTIONS = {
+    "torchvision": "torchvision",
+    "unofficial": "NOT torchvision's official file (SHA-256 {sha256:.8}...): not the published LPIPS",
+    "random": "RANDOM (seed {seed}): tests/demo only",
+}
 _MAX_MANIFEST_BYTES = 1 << 20
 _CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A zip's first local file header up to the name: signature, 22 bytes of versions, flags,
 # method, time, CRC and sizes, then the name's and the extra field's lengths.
 _LOCAL_HEADER = struct.Struct("<4s22xHH")
+
+
+def describe_weights(entry: Mapping[str, Any]) -> str:
+    """What weights a manifest's "perceptual" or "monitor" entry holds: torchvision's, another
+    file of their layout, or random ones."""
+    return WEIGHTS_DESCRIPTIONS.get(entry["weights"], "{weights}").format(**{"seed": None, "sha256": "", **entry})
 
 
 def _fail(path: Path | str, problem: str) -> PlanError:
@@ -323,9 +335,6 @@ class Plan:
         perceptual = m["perceptual"]
         monitor = m["monitor"]
 
-        def weights(entry: dict[str, Any]) -> str:
-            return "torchvision" if entry["weights"] == "torchvision" else f"RANDOM (seed {entry['seed']}): tests/demo only"
-
         return {
             "format": f"{FORMAT} v{m['version']}",
             "created": m["created"],
@@ -335,8 +344,8 @@ class Plan:
             "num_ws": cfg.num_ws,
             "source_sha256": m["source_sha256"],
             "source_format": m["generator"].get("source_format"),
-            "perceptual": f"vgg16 at {perceptual['resolution']} px, {weights(perceptual)}",
-            "monitor": "none" if monitor is None else f"lpips(alex), {weights(monitor)}",
+            "perceptual": f"vgg16 at {perceptual['resolution']} px, {describe_weights(perceptual)}",
+            "monitor": "none" if monitor is None else f"lpips(alex), {describe_weights(monitor)}",
             "graphs": {name: f"onnx opset {g['opset']}" for name, g in sorted(m["graphs"].items())},
             "precision": m["precision"],
             "max_batch": m["max_batch"],

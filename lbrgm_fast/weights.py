@@ -12,6 +12,7 @@ import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,7 @@ import torch
 
 from lbrgm_fast.errors import UserError, WeightsNotFoundError
 
-__all__ = ["WEIGHT_FILES", "WeightKind", "cache_path", "check_official", "load_state_dict_file", "resolve_weights"]
+__all__ = ["WEIGHT_FILES", "Backbone", "WeightKind", "cache_path", "load_backbone", "load_state_dict_file", "resolve_weights"]
 
 WeightKind = Literal["vgg16", "alexnet"]
 
@@ -94,23 +95,39 @@ def resolve_weights(kind: WeightKind, path: str | Path | None = None, download: 
     return cached
 
 
-def check_official(kind: WeightKind, path: str | Path) -> tuple[str, str | None]:
-    """(SHA-256 of `path`, a note when it is not torchvision's official `kind` file, else None).
+@dataclass
+class Backbone:
+    """A torchvision backbone's weights as read for φ or the monitor.
 
     Any state dict of the right layout loads (random weights for an offline smoke test, a
-    fine-tuned VGG16), but only the official weights make φ and the monitor the published
-    LPIPS: the note says so, for stderr and report.json.
+    fine-tuned VGG16), but only torchvision's official file makes φ and the monitor the
+    published LPIPS: `note` says so when the file is another, for stderr and the reports.
     """
+
+    state_dict: dict[str, torch.Tensor]
+    sha256: str
+    note: str | None  # None: the official file
+
+    @property
+    def official(self) -> bool:
+        return self.note is None
+
+
+def load_backbone(kind: WeightKind, path: str | Path | None = None, download: bool = True) -> Backbone:
+    """`kind`'s weights from `path` or the hub cache (`resolve_weights`), read safely
+    (`load_state_dict_file`), with their SHA-256 checked against torchvision's official file."""
+    resolved = resolve_weights(kind, path, download)
+    state = load_state_dict_file(resolved)
     name = _entry(kind)[0]
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(resolved, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     sha = digest.hexdigest()
-    if sha.startswith(_hash_prefix(name)):
-        return sha, None
-    return sha, (f"{kind} weights {path} are not torchvision's {name} (SHA-256 {sha[:8]}..., expected {_hash_prefix(name)}...): "
-                 "the perceptual and LPIPS numbers are not the published LPIPS")
+    note = None if sha.startswith(_hash_prefix(name)) else (
+        f"{kind} weights {resolved} are not torchvision's {name} (SHA-256 {sha[:8]}..., expected {_hash_prefix(name)}...): "
+        "the perceptual and LPIPS numbers are not the published LPIPS")
+    return Backbone(state, sha, note)
 
 
 def _reason(exc: BaseException) -> str:

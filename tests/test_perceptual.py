@@ -350,3 +350,11 @@ def test_pretrained_vgg_wiring(hub_dir, monkeypatch, tv_vgg, phi) -> None:
     loaded = VGG16Features.pretrained(resolution=256)
     assert seen == [cached]
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), phi.state_dict().values()))
+
+
+def test_pretrained_warns_when_the_file_is_not_torchvisions(weights: dict[str, str]) -> None:
+    # The library's own loaders say what the CLI says: these numbers are not the published LPIPS.
+    with pytest.warns(UserWarning, match="vgg16 weights .* are not torchvision's vgg16-397923af.pth"):
+        VGG16Features.pretrained(weights["vgg16"], download=False)
+    with pytest.warns(UserWarning, match="alexnet weights .* are not torchvision's alexnet-owt-7be5be79.pth"):
+        LpipsAlex.pretrained(weights["alexnet"], download=False)

@@ -15,7 +15,7 @@ from lbrgm_fast.checkpoints import read_checkpoint
 from lbrgm_fast.errors import PlanError
 from lbrgm_fast.job import RunOptions, load_models
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
-from lbrgm_fast.plan import MANIFEST, read_plan, write_plan
+from lbrgm_fast.plan import MANIFEST, describe_weights, read_plan, write_plan
 
 from plans import (
     PHI_RESOLUTION,
@@ -258,3 +258,26 @@ def test_write_is_atomic(plan_path: Path, tmp_path: Path, monkeypatch: pytest.Mo
 def test_write_rejects_unsafe_member_names(tmp_path: Path, name: str) -> None:
     with pytest.raises(PlanError, match="invalid member name"):
         write_plan(tmp_path / "x.plan", {}, {name: b""})
+
+
+def test_a_plan_built_with_unofficial_weights_says_so(weights: dict[str, str], tmp_path: Path) -> None:
+    # Any state dict of torchvision's layout loads (here: random weights saved as files), but
+    # the plan records that it is not the official file, and info and run --engine say so.
+    from lbrgm_fast.build import _load_perceptual
+
+    class Notes:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def note(self, message: str) -> None:
+            self.lines.append(message)
+
+    reporter = Notes()
+    _, monitor, phi_entry, monitor_entry = _load_perceptual(weights["vgg16"], weights["alexnet"], None, 32, reporter)
+    notes = reporter.lines
+    expected = hashlib.sha256(Path(weights["vgg16"]).read_bytes()).hexdigest()
+    assert phi_entry == {"weights": "unofficial", "seed": None, "sha256": expected, "resolution": 32}
+    assert monitor is not None and monitor_entry["weights"] == "unofficial"
+    assert len(notes) == 2 and all("not torchvision's" in n for n in notes)
+    assert describe_weights(phi_entry) == f"NOT torchvision's official file (SHA-256 {expected[:8]}...): not the published LPIPS"
+    assert describe_weights({"weights": "torchvision"}) == "torchvision"
