@@ -287,7 +287,7 @@ def eval_command(
     in_range: Annotated[Optional[int], typer.Option(help="Instead of --images: N ground truths made by the generator itself (seeded by --seed).")] = None,
     protocol: Annotated[str, typer.Option(help="paper1024 (Table 2) | paper256 (Table 1) | quick (a small grid).")] = "quick",
     tasks: Annotated[Optional[str], typer.Option(help="Comma-separated inpaint:<mask preset> / superres:<factor> (default: the protocol's).")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated lbrgm, brgm, none (default: the protocol's).")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated lbrgm, brgm, none, or method:preset, e.g. brgm:lbrgm-paper (default: the protocol's).")] = None,
     steps: Annotated[int, typer.Option(help="Adam steps.")] = 2000,
     candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the candidates and --in-range.")] = 0,
