@@ -22,6 +22,7 @@ from lbrgm_fast import evaluate as ev
 from lbrgm_fast.checkpoints import load_generator
 from lbrgm_fast.model import Generator
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
+from lbrgm_fast.runtime.step import StepOptions
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="comma-separated (default: the quick protocol's)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: every image at once")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the eager step's (fp32: the research code's numerics)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/eval_tiny32"))
     args = parser.parse_args()
     generator = fixture_generator(args.generator)
@@ -57,7 +59,8 @@ def main() -> None:
     targets = ev.in_range_targets(generator, args.images, seed=args.seed)
     started = time.perf_counter()
     rows = ev.evaluate(generator, perceptual, monitor, targets, tasks, methods, args.out, steps=args.steps, candidates=args.candidates,
-                       seed=args.seed, batch_size=args.batch_size or args.images, on_note=print)
+                       seed=args.seed, batch_size=args.batch_size or args.images, step_options=StepOptions(precision=args.precision),
+                       on_note=print)
     ev.write_results(rows, args.out)
     ev.write_figures(rows, targets, args.out)
     print(f"wall {time.perf_counter() - started:.1f} s for {len(rows)} cells")

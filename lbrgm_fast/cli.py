@@ -33,6 +33,8 @@ RETAIN_HOST_MEMORY_HELP = (
 )
 # soft_wrap: a message stays one line (greppable), the terminal wraps it for display.
 stderr = Console(stderr=True, soft_wrap=True)
+PRECISION_HELP = ("fp32 | bf16 | fp16 for the optimisation step (default: bf16 where the GPU or CPU runs it natively — "
+                  "avx512_bf16 or AMX on CPUs — else fp32).")
 BATCH_SIZE_HELP = (
     "Images optimised together: the same results as one by one up to rounding (batched convolutions "
     "sum in another order; the tests bound the difference by 1e-2 on w+, z and the [0, 1] images)."
@@ -224,7 +226,7 @@ def run(
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.", rich_help_panel=SPEED)] = "auto",
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP, rich_help_panel=SPEED)] = 1,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on for runs of 500+ steps; the first compile takes minutes on a CPU).", rich_help_panel=SPEED)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 where the GPU or CPU runs it natively — avx512_bf16 or AMX on CPUs — else fp32).", rich_help_panel=SPEED)] = None,
+    precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP, rich_help_panel=SPEED)] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the step as a CUDA graph (default: on with CUDA).", rich_help_panel=SPEED)] = None,
     memory_budget: Annotated[float, typer.Option(help="Fraction (0, 1] of the activations the compiled step keeps for its backward pass; lower recomputes the rest (for large --batch-size).", rich_help_panel=SPEED)] = 1.0,
     forward_backend: Annotated[str, typer.Option(help="Candidate scoring and LPIPS monitoring on: auto | torch | onnxruntime | tensorrt (the last two need --engine).", rich_help_panel=SPEED)] = "auto",
@@ -294,6 +296,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Images restored together.")] = 1,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the step (default: on for 500+ steps).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
     vgg16: Annotated[Optional[str], typer.Option(help="torchvision VGG16 weights.")] = None,
     alexnet: Annotated[Optional[str], typer.Option(help="torchvision AlexNet weights.")] = None,
 ) -> None:
@@ -309,7 +312,7 @@ def eval_command(
         if steps < 0 or candidates < 1 or batch_size < 1:
             raise UserError(f"--steps must be >= 0, --candidates and --batch-size >= 1; got {steps}, {candidates}, {batch_size}")
         torch_device = resolve_device(device)
-        step_options = auto_step_options(torch_device, steps=steps, compile=compile)
+        step_options = auto_step_options(torch_device, steps=steps, compile=compile, precision=precision)  # type: ignore[arg-type]
         models = load_models(checkpoint or engine, torch_device, vgg16=vgg16, alexnet=alexnet, monitor="required")  # type: ignore[arg-type]
         resolution = models.generator.img_resolution
         task_list, method_list = ev.resolve_grid(protocol, _names(tasks), _names(methods), resolution)

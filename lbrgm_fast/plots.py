@@ -67,7 +67,7 @@ def plot_curves(steps: np.ndarray, curves: dict[str, np.ndarray], path: Path, si
 
 
 def line_chart(series: dict[str, tuple[np.ndarray, np.ndarray]], x_label: str, y_label: str, title: str = "",
-               size: tuple[int, int] = (480, 320)) -> Image.Image:
+               size: tuple[int, int] = (520, 320)) -> Image.Image:
     """Lines on shared linear axes (unlike `plot_curves`, values compare across lines), their
     ranges written at the axes' ends, a legend with each line's last value.
 
@@ -76,7 +76,7 @@ def line_chart(series: dict[str, tuple[np.ndarray, np.ndarray]], x_label: str, y
         x_label, y_label, title: Axis names and a title above the plot.
     """
     width, height = size
-    box = (60, 24, width - 130, height - 34)
+    box = (60, 24, width - 170, height - 34)  # the legend's names (e.g. brgm:lbrgm-paper) fit on the right
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
     draw.rectangle(box, outline="black")
