@@ -206,6 +206,38 @@ def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: Inp
 # Writing results
 
 
+def input_metrics(
+    result: ReconstructionResult,
+    index: int,
+    ground_truth: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    lpips: LpipsAlex | None,
+    restarts: int,
+) -> dict[str, float | int | None]:
+    """Sample `index`'s metrics (report.json's): its best step, kept restart and final loss
+    terms, and with a ground truth [3, H, W] its PSNR (in the missing region too, for a mask
+    [1, H, W]) and LPIPS(alex) when the monitor is loaded."""
+    restored = result.images[index]
+    history = result.history
+    metrics: dict[str, float | int | None] = {
+        "best_step": result.best_step[index],
+        **({"restart": result.restart[index]} if restarts > 1 else {}),
+        **{f"final_{k}": float(history[k][-1, index] if history[k].ndim == 2 else history[k][-1])
+           for k in TERM_NAMES if k in history and len(history[k])},
+    }
+    if ground_truth is not None:
+        squared = (restored.float() - ground_truth.float()).square()[None]  # [1, 3, H, W]
+        metrics["psnr"] = float(psnr_from_mse(squared.mean()))
+        if mask is not None:
+            metrics["psnr_missing_region"] = float(psnr_from_mse(masked_mean(squared, (1 - mask)[None])[0]))
+        if lpips is not None:
+            # The monitor lives on the run's device; the restored image is already on the host.
+            device = next(lpips.parameters()).device
+            with torch.no_grad():
+                metrics["lpips_alex"] = float(lpips((restored[None] * 2 - 1).to(device), (ground_truth[None] * 2 - 1).to(device))[0])
+    return metrics
+
+
 def write_outputs(
     prepared: PreparedInput,
     index: int,
@@ -231,22 +263,7 @@ def write_outputs(
     if len(history["step"]):
         curves = {k: history[k] for k in (*TERM_NAMES, "score") if k in history and np.any(history[k] != 0)}
         plot_curves(history["step"], curves, folder / "curves.png")
-    metrics: dict[str, float | int | None] = {
-        "best_step": result.best_step[index],
-        **({"restart": result.restart[index]} if options.restarts > 1 else {}),
-        **{f"final_{k}": float(history[k][-1]) for k in TERM_NAMES if k in history and len(history[k])},
-    }
-    if prepared.ground_truth is not None:
-        gt = prepared.ground_truth
-        squared = (restored.float() - gt.float()).square()[None]  # [1, 3, H, W]
-        metrics["psnr"] = float(psnr_from_mse(squared.mean()))
-        if mask is not None:
-            metrics["psnr_missing_region"] = float(psnr_from_mse(masked_mean(squared, (1 - mask)[None])[0]))
-        if lpips is not None:
-            # The monitor lives on the run's device; the restored image is already on the host.
-            device = next(lpips.parameters()).device
-            with torch.no_grad():
-                metrics["lpips_alex"] = float(lpips((restored[None] * 2 - 1).to(device), (gt[None] * 2 - 1).to(device))[0])
+    metrics = input_metrics(result, index, prepared.ground_truth, mask, lpips, options.restarts)
     prepared.outcome.metrics = metrics
     prepared.outcome.timings = result.timings
     report = {
@@ -407,10 +424,11 @@ class JobWorker:
             operator = self.shared_operator or build_operator(options, self.resolution, factor)
             for start in range(0, len(members), options.batch_size):
                 batch = members[start : start + options.batch_size]
-                rec = self._reconstructor(all(p.ground_truth is not None for p in batch))
+                rec = self.reconstructor(all(p.ground_truth is not None for p in batch))
                 _run_batch(batch, operator, options, rec, self.models, self.reporter, self.profiler)
 
-    def _reconstructor(self, has_gt: bool) -> Reconstructor:
+    def reconstructor(self, has_gt: bool) -> Reconstructor:
+        """The Reconstructor for batches with (`has_gt`) or without ground truth, made once."""
         if has_gt not in self.reconstructors:
             options = self.options
             self.reconstructors[has_gt] = Reconstructor(
