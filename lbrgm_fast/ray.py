@@ -42,7 +42,7 @@ from lbrgm_fast.runtime.reproducibility import configure_process
 
 try:
     import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 except ImportError:
     raise UserError('--ray needs Ray, which is not installed: pip install "lbrgm-fast[ray]"') from None
 
@@ -236,18 +236,24 @@ def run_ray_job(
 
 
 def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], progress: JobProgress, options: RunOptions, reporter: JobReporter) -> None:
-    """Give batches to idle workers until every batch is done, retrying those whose worker died."""
+    """Give batches to idle workers until every batch is done, retrying those whose worker died.
+
+    A worker whose process died is asked `describe` until Ray has restarted it (calls made while
+    it restarts fail at once) and only then given work again; one Ray gave up on is dropped.
+    """
     start = time.perf_counter()
     idle = list(range(len(actors)))
-    deaths = [0] * len(actors)
-    running: dict = {}  # ObjectRef -> (worker, batch, start time)
+    running: dict = {}  # ObjectRef -> (worker, batch or None for a probe of a restarting worker, start time)
 
     def finish(i: int, outcome: InputOutcome) -> None:
         outcomes[i] = outcome
         progress.done += outcome.status == "done"
         progress.failed += outcome.status != "done"
 
-    while queue or running:
+    def probe(worker: int) -> None:
+        running[actors[worker].describe.remote()] = (worker, None, time.perf_counter())
+
+    while queue or any(batch is not None for _, batch, _ in running.values()):
         while queue and idle:
             worker, batch = idle.pop(0), queue.popleft()
             if batch.attempts == 0:
@@ -265,25 +271,34 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
         for ref in ready:
             worker, batch, began = running.pop(ref)
             shown = progress.workers[worker]
-            shown.running = []
             try:
-                pid, restored = ray.get(ref)
-            except RayActorError as exc:
-                deaths[worker] += 1
-                shown.pid = None
-                if deaths[worker] <= MAX_RESTARTS:
-                    idle.append(worker)  # Ray restarts it: its next batch waits for the models to load
-                _retry(batch, exc, outcomes, queue, options, finish)
+                answer = ray.get(ref)
+            except RayActorError as exc:  # its process died
+                shown.pid, shown.running = None, []
+                if batch is not None:
+                    _retry(batch, exc, outcomes, queue, options, finish)
+                    probe(worker)  # is Ray restarting it?
+                elif isinstance(exc, ActorUnavailableError):  # restarting: ask again
+                    time.sleep(POLL_SECONDS)
+                    probe(worker)
+                # else: dead for good (Ray gave up restarting it): the worker is dropped
                 continue
             except RayTaskError as exc:  # a bug, not a bad input (those fail alone, inside the batch)
+                assert batch is not None
                 for i in batch.indices:
                     finish(i, dataclasses.replace(outcomes[i], status="failed", message=f"worker error: {str(exc.cause or exc).splitlines()[0]}"))
+                shown.running = []
                 idle.append(worker)
                 continue
-            shown.pid, shown.images = pid, shown.images + len(restored)
-            shown.busy_seconds += time.perf_counter() - began
-            for i, outcome in zip(batch.indices, restored):
-                finish(i, outcome)
+            if batch is None:  # a restarted worker, its models loaded again
+                shown.pid = answer.pid
+            else:
+                shown.pid, restored = answer
+                shown.images += len(restored)
+                shown.busy_seconds += time.perf_counter() - began
+                shown.running = []
+                for i, outcome in zip(batch.indices, restored):
+                    finish(i, outcome)
             idle.append(worker)
         progress.elapsed = time.perf_counter() - start
         reporter.update(progress)

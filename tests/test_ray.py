@@ -120,7 +120,7 @@ def test_killed_worker_batch_is_retried_and_resumed(cluster: object, plan: Path,
     reporter = KillWorkerMidBatch(tmp_path)
     outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=40), "local", workers=2, reporter=reporter)
     assert reporter.killed, "no worker was seen mid-batch"
-    assert [o.name for o in outcomes] == NAMES and all(o.status == "done" for o in outcomes)
+    assert [(o.name, o.status) for o in outcomes] == [(name, "done") for name in NAMES], [o.message for o in outcomes]
     # The killed batch continued from its saved state to the result an unbroken run gives,
     # and inputs finished before the kill were not written again.
     assert_same_results(local_run, tmp_path, NAMES)
