@@ -209,16 +209,17 @@ def test_bench_bad_options_are_one_line_exit_2(args: list[str], message: str) ->
 
 
 def test_every_run_option_reaches_run_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every `run` option but --quiet / --json (output) and --align / --face (they choose the
-    # photo layer around the job, align/photos.py) reaches RunOptions under its own name,
-    # without a hand-written copy of each: a new option needs only its parameter and its field.
+    # Every `run` option but --quiet / --json (output), --align / --face (they choose the
+    # photo layer around the job, align/photos.py) and --ray / --workers / --gpus-per-worker (the
+    # cluster around it, lbrgm_fast/ray.py) reaches RunOptions under its own name, without a
+    # hand-written copy of each: a new option needs only its parameter and its field.
     import inspect
     from dataclasses import fields
 
     from lbrgm_fast import cli
     from lbrgm_fast.job import RunOptions
 
-    parameters = set(inspect.signature(cli.run).parameters) - {"quiet", "json_out", "align", "face"}
+    parameters = set(inspect.signature(cli.run).parameters) - {"quiet", "json_out", "align", "face", "ray", "workers", "gpus_per_worker"}
     assert parameters <= {f.name for f in fields(RunOptions)}
     seen: list = []
     monkeypatch.setattr("lbrgm_fast.job.run_job", lambda options, reporter: seen.append(options) or [])
@@ -228,10 +229,23 @@ def test_every_run_option_reaches_run_options(monkeypatch: pytest.MonkeyPatch) -
     assert seen == [RunOptions(inputs=["x.png"], mask_preset="eyes", steps=7, compile=False, batch_size=3, retain_host_memory=True)]
 
 
+def test_run_ray_without_ray_installed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray is an optional extra: without it `run --ray` says how to get it; nothing else needs it.
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    monkeypatch.delitem(sys.modules, "lbrgm_fast.ray", raising=False)
+    result = invoke("run", "x.png", "--mask-preset", "eyes", "--ray", "local")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert 'pip install "lbrgm-fast[ray]"' in result.output
+    alone = invoke("run", "x.png", "--mask-preset", "eyes", "--workers", "2")
+    assert alone.exit_code == 2 and "--workers and --gpus-per-worker are for --ray" in alone.output
+
+
 def test_help_groups_run_options_and_shows_no_type_for_flags() -> None:
     result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for panel in ("Task", "Method", "Early stopping", "Speed", "Input / output"):
+    for panel in ("Task", "Method", "Early stopping", "Speed", "Input / output", "Cluster"):
         assert f"─ {panel} ─" in result.output
     assert "<bool>" not in result.output and "<int>" in result.output
     assert "<bool>" not in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
