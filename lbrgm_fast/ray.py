@@ -205,6 +205,8 @@ def run_ray_job(
     """
     reporter = reporter or SilentJobReporter()
     check_options(options)
+    if options.profile is not None:
+        raise UserError("--profile traces one process: profile a local run (without --ray)")
     outcomes, pending = select_inputs(options)
     if not pending:
         return outcomes
@@ -390,7 +392,9 @@ class Restorer:
         out = dict(batch)
         out["restored"] = (restored.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
         for name in dict.fromkeys(k for m in metrics for k in m):
-            out[name] = np.array([np.nan if m.get(name) is None else m[name] for m in metrics], dtype=np.float64)
+            values = [m.get(name) for m in metrics]
+            # Missing values (a metric some rows lack) become NaN; otherwise ints stay ints.
+            out[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64) if None in values else np.array(values)
         return out
 
     def _operator(self, side: int, mask: np.ndarray | None) -> Operator:
