@@ -102,7 +102,11 @@ class WorkerProgress:
     pid: int | None  # its process (None until it has answered; changes when Ray restarts it)
     host: str
     images: int = 0  # inputs it has finished (done or failed)
-    busy_seconds: float = 0.0  # time spent on its finished batches
+    batches: int = 0  # batches it has finished
+    busy_seconds: float = 0.0  # its finished batches, from given out to answer received (the driver's clock)
+    #: The part of `busy_seconds` spent inside the worker (restoring, reading, writing); the rest
+    #: is Ray's: scheduling, moving the batch's input list and outcomes between processes.
+    compute_seconds: float = 0.0
     running: list[str] = field(default_factory=list)  # names of the batch it is restoring now
 
     @property

@@ -116,12 +116,13 @@ class _RestoreWorker:
     def describe(self) -> _WorkerInfo:
         return _WorkerInfo(os.getpid(), socket.gethostname(), self.reporter.notes, self.error)
 
-    def restore(self, inputs: list[InputOutcome], resume: bool) -> tuple[int, list[InputOutcome]]:
-        """(this process's id, `inputs` with their outcomes filled in)."""
+    def restore(self, inputs: list[InputOutcome], resume: bool) -> tuple[int, float, list[InputOutcome]]:
+        """(this process's id, seconds spent here, `inputs` with their outcomes filled in)."""
+        began = time.perf_counter()
         options = self.worker.options
         with retained_host_memory(enabled=options.retain_host_memory and self.device.type == "cpu"):
             self.worker.restore(inputs, resume=resume)
-        return os.getpid(), inputs
+        return os.getpid(), time.perf_counter() - began, inputs
 
 
 @dataclass
@@ -295,9 +296,10 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
             if batch is None:  # a restarted worker, its models loaded again
                 shown.pid = answer.pid
             else:
-                shown.pid, restored = answer
-                shown.images += len(restored)
+                shown.pid, seconds, restored = answer
+                shown.images, shown.batches = shown.images + len(restored), shown.batches + 1
                 shown.busy_seconds += time.perf_counter() - began
+                shown.compute_seconds += seconds
                 shown.running = []
                 for i, outcome in zip(batch.indices, restored):
                     finish(i, outcome)
