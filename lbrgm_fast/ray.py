@@ -177,11 +177,14 @@ def _worker_count(options: RunOptions, workers: int | None, gpus_per_worker: flo
         raise UserError(f"--gpus-per-worker {gpus_per_worker} with --device {options.device}: give 0 for CPU workers")
     if gpus_per_worker == 0 and options.device == "cuda":
         raise UserError("--device cuda on Ray needs GPUs for the workers: give --gpus-per-worker (e.g. 1)")
-    if workers is None:
-        workers = int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus)
-    if workers < 1:
-        raise UserError(f"the Ray cluster has {gpus:g} GPUs and {cpus:g} CPUs: no room for a worker (give --workers)")
-    return min(workers, batches), gpus_per_worker
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    room = min(int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus), int(cpus))  # each worker holds one CPU too
+    if room < 1 or (workers or 0) > room:
+        # Ray would wait for room that never comes.
+        raise UserError(f"the Ray cluster has {gpus:g} GPUs and {cpus:g} CPUs: room for {room} workers of "
+                        f"{gpus_per_worker:g} GPUs and 1 CPU{'' if workers is None else f', not {workers}'}")
+    return min(workers or room, batches), gpus_per_worker
 
 
 def run_ray_job(

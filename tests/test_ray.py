@@ -168,3 +168,12 @@ def test_restorer_on_a_ray_dataset(cluster: object, plan: Path, inputs: Path, tm
         report = json.loads((tmp_path / name / "report.json").read_text())
         assert row["best_step"] == report["metrics"]["best_step"]
         assert row["psnr"] == pytest.approx(report["metrics"]["psnr"], abs=1e-4)
+
+
+def test_more_workers_than_the_cluster_holds_is_one_line(cluster: object, plan: Path, inputs: Path, tmp_path: Path) -> None:
+    # Ray would wait for room that never comes: the job says so at once instead of hanging.
+    from lbrgm_fast.errors import UserError
+
+    with pytest.raises(UserError, match="room for 2 workers of 0 GPUs and 1 CPU, not 3"):
+        run_ray_job(options(plan, inputs, tmp_path), "local", workers=3)
+    assert not list(tmp_path.iterdir())
