@@ -25,7 +25,6 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from lbrgm_fast.errors import ImageError, UserError
-from lbrgm_fast.job import InputOutcome, JobWorker, RunOptions, check_options, input_metrics, load_worker, select_inputs
+from lbrgm_fast.job import InputOutcome, JobWorker, RunOptions, SilentReporter, check_options, input_metrics, load_worker, select_inputs
 from lbrgm_fast.operators import Inpainting, Operator, SuperResolution, infer_factor
 from lbrgm_fast.progress import JobProgress, WorkerProgress
 from lbrgm_fast.runtime import resolve_device, retained_host_memory
@@ -70,7 +69,7 @@ class SilentJobReporter:
         pass
 
 
-class _NoteList:
+class _NoteList(SilentReporter):
     """A `job.Reporter` for a worker: keeps its notes for the driver, shows no step progress."""
 
     def __init__(self) -> None:
@@ -78,15 +77,6 @@ class _NoteList:
 
     def note(self, message: str) -> None:
         self.notes.append(message)
-
-    def batch_started(self, names: Sequence[str], steps: int) -> None:
-        pass
-
-    def progress(self, progress: object) -> None:
-        pass
-
-    def batch_finished(self) -> None:
-        pass
 
 
 @dataclass
