@@ -179,11 +179,11 @@ class RichJobReporter:
         if self.quiet:
             return
         finished = progress.done + progress.failed
-        eta = "" if progress.eta_seconds is None else f"ETA {progress.eta_seconds / 60:.1f} min"
+        eta = "" if progress.eta_seconds is None else f", ETA {progress.eta_seconds / 60:.1f} min"
         rates = " ".join(
             f"w{w.index}:{'-' if w.images_per_hour is None else f'{w.images_per_hour:.0f}/h'}" for w in progress.workers
         )
-        line = f"{finished}/{progress.total} images, {progress.failed} failed, {eta} | {rates}"
+        line = f"{finished}/{progress.total} images, {progress.failed} failed{eta} | {rates}"
         if not stderr.is_terminal:
             if finished != self._shown:
                 stderr.print(escape(line), highlight=False)
@@ -194,7 +194,7 @@ class RichJobReporter:
                                       TimeElapsedColumn(), console=stderr)
             self._task = self._progress.add_task("images", total=progress.total, info="")
             self._progress.start()
-        self._progress.update(self._task, completed=finished, info=f"{progress.failed} failed {eta} | {rates}")  # type: ignore[arg-type]
+        self._progress.update(self._task, completed=finished, info=f"{progress.failed} failed{eta} | {rates}")  # type: ignore[arg-type]
         if finished == progress.total:
             self._progress.stop()
 
