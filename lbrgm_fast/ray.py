@@ -9,8 +9,8 @@ each input's folder straight into --out, atomically, exactly as a local run does
 be a filesystem every node sees at the same path (and so must the inputs, the checkpoint and
 the folder the job is started from: workers resolve relative paths from it).
 
-A worker that dies (killed, out of host memory, node lost) is restarted by Ray and its batch
-given out again, up to `MAX_ATTEMPTS` times: inputs it had finished are kept (their
+A worker that dies (killed, out of host memory, node lost) is restarted by Ray (up to
+`MAX_RESTARTS` times) and its batch goes to the next free worker, `MAX_ATTEMPTS` tries in all: inputs it had finished are kept (their
 report.json is new), the others continue from their last saved state (`state.pt`). A bad input
 fails alone, as in a local job.
 

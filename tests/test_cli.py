@@ -391,6 +391,17 @@ def test_progress_rate_is_the_steady_rate_after_compilation(monkeypatch: pytest.
     assert "face: step 20/20 loss 1 pix 2 2.00 steps/s" in capsys.readouterr().err
 
 
+def test_cluster_progress_line(capsys: pytest.CaptureFixture) -> None:
+    # `run --ray`: images finished, failed, the ETA at the job's rate so far and each worker's
+    # images per hour from its busy time (here 3 of 8 finished in 60 s: 100 s left).
+    from lbrgm_fast.cli import RichJobReporter
+    from lbrgm_fast.progress import JobProgress, WorkerProgress
+
+    workers = [WorkerProgress(0, 11, "a", images=2, busy_seconds=36.0), WorkerProgress(1, 12, "b", running=["x"])]
+    RichJobReporter(quiet=False).update(JobProgress(total=8, done=2, failed=1, elapsed=60.0, workers=workers))
+    assert "3/8 images, 1 failed, ETA 1.7 min | w0:200/h w1:-" in capsys.readouterr().err
+
+
 
 def test_messages_keep_brackets_in_names(weights: dict[str, str], tmp_path: Path) -> None:
     # rich reads [...] as markup: a file named like a tag must still be named in full.
