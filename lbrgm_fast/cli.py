@@ -163,6 +163,44 @@ class RichReporter:
         self._label = ""
 
 
+class RichJobReporter:
+    """Renders a cluster job's progress (`lbrgm_fast.ray`): one bar of inputs finished, with the
+    failed count, the ETA and each worker's throughput; plain lines when stderr is no terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        self._task = None
+        self._shown = -1  # inputs finished at the last plain line
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            say("cyan", "note", message)
+
+    def update(self, progress) -> None:  # noqa: ANN001 - lbrgm_fast.progress.JobProgress
+        if self.quiet:
+            return
+        finished = progress.done + progress.failed
+        eta = "" if progress.eta_seconds is None else f", ETA {progress.eta_seconds / 60:.1f} min"
+        rates = " ".join(
+            f"w{w.index}:{'-' if w.images_per_hour is None else f'{w.images_per_hour:.0f}/h'}" for w in progress.workers
+        )
+        line = f"{finished}/{progress.total} images, {progress.failed} failed{eta} | {rates}"
+        if not stderr.is_terminal:
+            if finished != self._shown:
+                stderr.print(escape(line), highlight=False)
+                self._shown = finished
+            return
+        if self._progress is None:
+            self._progress = Progress(TextColumn("[bold]images"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                      TimeElapsedColumn(), console=stderr)
+            self._task = self._progress.add_task("images", total=progress.total, info="")
+            self._progress.start()
+        self._progress.update(self._task, completed=finished, info=f"{progress.failed} failed{eta} | {rates}")  # type: ignore[arg-type]
+        if finished == progress.total:
+            self._progress.stop()
+
+
 def _gib(n: object) -> str:
     return f"{n / 2**30:.2f} GiB" if isinstance(n, int) else "–"
 
@@ -194,7 +232,7 @@ def _summary_table(outcomes: list) -> Table:  # noqa: ANN001
 
 
 #: `run`'s help panels, in the order `--help` shows them.
-TASK, METHOD, EARLY_STOP, SPEED, FILES = "Task", "Method", "Early stopping", "Speed", "Input / output"
+TASK, METHOD, EARLY_STOP, SPEED, FILES, CLUSTER = "Task", "Method", "Early stopping", "Speed", "Input / output", "Cluster"
 
 
 @app.command(cls=FlagCommand)
@@ -245,18 +283,30 @@ def run(
     frames: Annotated[int, typer.Option(help="Save a progress frame every N steps and a GIF (0: off).", rich_help_panel=FILES)] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.", rich_help_panel=FILES)] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.", rich_help_panel=FILES)] = False,
+    # -- cluster
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (needs the ray extra): local (start one here) | auto (the one `ray start` made) | ADDRESS. --out must be a folder every node sees.", metavar="WHERE", rich_help_panel=CLUSTER)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="With --ray: workers (default: one per GPU of the cluster, or per CPU without GPUs).", rich_help_panel=CLUSTER)] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option(help="With --ray: GPUs per worker (default 1 on a cluster with GPUs, else 0; 0.5 puts two on a GPU).", rich_help_panel=CLUSTER)] = None,
 ) -> None:
     """Restore images with L-BRGM (or BRGM, or no prior)."""
     from lbrgm_fast.io import json_text
     from lbrgm_fast.job import RunOptions, run_job
 
-    given = locals()  # the parameters above: each one but --align, --face, --quiet and --json is a RunOptions field
+    given = locals()  # the parameters above: each one but --align, --face, --quiet, --json and the cluster's is a RunOptions field
     with user_errors():
         options = RunOptions(**{f.name: given[f.name] for f in fields(RunOptions) if f.name in given})
         if face != "all" and not align:
             raise UserError("--face chooses among the faces --align finds; add --align")
+        if ray is None and (workers is not None or gpus_per_worker is not None):
+            raise UserError("--workers and --gpus-per-worker are for --ray")
         reporter = RichReporter(quiet or json_out)
-        if align:
+        if ray is not None:
+            if align:
+                raise UserError("--align runs on this machine only; align first (`lbrgm-fast align`), then run --ray on the crops")
+            from lbrgm_fast.ray import run_ray_job
+
+            outcomes = run_ray_job(options, ray, workers, gpus_per_worker, RichJobReporter(quiet or json_out))
+        elif align:
             from lbrgm_fast.align.photos import parse_face_choice, run_aligned
 
             outcomes = run_aligned(options, parse_face_choice(face), reporter)
