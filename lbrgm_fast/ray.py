@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,12 +61,18 @@ class JobReporter(Protocol):
 
     def update(self, progress: JobProgress) -> None: ...
 
+    def job_finished(self) -> None:
+        """Called once the job ends, however it ends (done, Ctrl-C, an error)."""
+
 
 class SilentJobReporter:
     def note(self, message: str) -> None:
         pass
 
     def update(self, progress: JobProgress) -> None:
+        pass
+
+    def job_finished(self) -> None:
         pass
 
 
@@ -78,13 +85,26 @@ class _NoteList(SilentReporter):
     def note(self, message: str) -> None:
         self.notes.append(message)
 
+    def take(self) -> list[str]:
+        """The notes kept since the last call (each reaches the driver once)."""
+        notes, self.notes = self.notes, []
+        return notes
+
 
 @dataclass
 class _WorkerInfo:
     pid: int
     host: str
     notes: list[str]
-    error: str | None  # a UserError while loading (a bad checkpoint): the whole job's problem
+    error: str | None  # a UserError while loading (a bad checkpoint, a node without the shared folder)
+
+
+@dataclass
+class _BatchAnswer:
+    pid: int  # the worker's process
+    seconds: float  # spent in the worker on this batch
+    outcomes: list[InputOutcome]  # the batch's inputs with their outcomes filled in
+    notes: list[str]  # the worker's notes while restoring it ("resuming ... at step ...")
 
 
 class _RestoreWorker:
@@ -104,15 +124,14 @@ class _RestoreWorker:
             self.error = str(exc)
 
     def describe(self) -> _WorkerInfo:
-        return _WorkerInfo(os.getpid(), socket.gethostname(), self.reporter.notes, self.error)
+        return _WorkerInfo(os.getpid(), socket.gethostname(), self.reporter.take(), self.error)
 
-    def restore(self, inputs: list[InputOutcome], resume: bool) -> tuple[int, float, list[InputOutcome]]:
-        """(this process's id, seconds spent here, `inputs` with their outcomes filled in)."""
+    def restore(self, inputs: list[InputOutcome], resume: bool) -> _BatchAnswer:
         began = time.perf_counter()
         options = self.worker.options
         with retained_host_memory(enabled=options.retain_host_memory and self.device.type == "cpu"):
             self.worker.restore(inputs, resume=resume)
-        return os.getpid(), time.perf_counter() - began, inputs
+        return _BatchAnswer(os.getpid(), time.perf_counter() - began, inputs, self.reporter.take())
 
 
 @dataclass
@@ -147,13 +166,25 @@ def _connect(address: str) -> bool:
     shuts it down. A process that has already called `ray.init` keeps its cluster."""
     if ray.is_initialized():
         return False
+    absent = f"--ray {address}: no Ray cluster there ({{}}); start one with `ray start --head` or use --ray local"
+    if address not in ("local", "auto") and "://" not in address:
+        # Ray retries an unreachable HEAD:PORT for minutes before giving up: ask once first.
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST:PORT")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as exc:
+            raise UserError(absent.format(exc)) from None
     try:
         if address == "local":
             ray.init(address="local", include_dashboard=False, configure_logging=False)
         else:
             ray.init(address=address, configure_logging=False)
     except ConnectionError as exc:
-        raise UserError(f"--ray {address}: no Ray cluster there ({exc}); start one with `ray start --head` or use --ray local") from None
+        raise UserError(absent.format(exc)) from None
+    except ValueError as exc:  # e.g. ray:// without Ray Client's package
+        raise UserError(f"--ray {address}: {str(exc).splitlines()[0]}") from None
     return True
 
 
@@ -163,12 +194,8 @@ def _worker_count(options: RunOptions, workers: int | None, gpus_per_worker: flo
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus and options.device != "cpu" else 0.0
-    if gpus_per_worker < 0 or (gpus_per_worker > 0 and options.device == "cpu"):
-        raise UserError(f"--gpus-per-worker {gpus_per_worker} with --device {options.device}: give 0 for CPU workers")
     if gpus_per_worker == 0 and options.device == "cuda":
         raise UserError("--device cuda on Ray needs GPUs for the workers: give --gpus-per-worker (e.g. 1)")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
     room = min(int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus), int(cpus))  # each worker holds one CPU too
     if room < 1 or (workers or 0) > room:
         # Ray would wait for room that never comes.
@@ -201,6 +228,10 @@ def run_ray_job(
     check_options(options)
     if options.profile is not None:
         raise UserError("--profile traces one process: profile a local run (without --ray)")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if gpus_per_worker is not None and (gpus_per_worker < 0 or (gpus_per_worker > 0 and options.device == "cpu")):
+        raise UserError(f"--gpus-per-worker {gpus_per_worker:g} with --device {options.device}: give 0 for CPU workers")
     outcomes, pending = select_inputs(options)
     if not pending:
         return outcomes
@@ -216,26 +247,42 @@ def run_ray_job(
         actor_class = ray.remote(_RestoreWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
         actors = [actor_class.remote(options, os.getcwd()) for _ in range(count)]
         infos: list[_WorkerInfo] = ray.get([a.describe.remote() for a in actors])
-        for message in dict.fromkeys(n for info in infos for n in info.notes):
-            reporter.note(message)
+        note = _once(reporter.note)  # every worker loads the same models: one copy of their notes
+        note(n for info in infos for n in info.notes)
         if any(info.error for info in infos):
             raise UserError(next(info.error for info in infos if info.error))  # type: ignore[arg-type]
         progress = JobProgress(total=len(pending), done=0, failed=0, elapsed=0.0,
                                workers=[WorkerProgress(i, info.pid, info.host) for i, info in enumerate(infos)])
-        _drive(actors, queue, outcomes, progress, options, reporter)
+        _drive(actors, queue, outcomes, progress, options, reporter, note)
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
         if started_ray:
             ray.shutdown()
+        reporter.job_finished()
     return outcomes
 
 
-def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], progress: JobProgress, options: RunOptions, reporter: JobReporter) -> None:
+def _once(note: Callable[[str], None]) -> Callable[[Iterable[str]], None]:
+    """`note` for each message it has not been given before."""
+    seen: set[str] = set()
+
+    def tell(messages: Iterable[str]) -> None:
+        for message in messages:
+            if message not in seen:
+                seen.add(message)
+                note(message)
+
+    return tell
+
+
+def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], progress: JobProgress, options: RunOptions,
+           reporter: JobReporter, note: Callable[[Iterable[str]], None]) -> None:
     """Give batches to idle workers until every batch is done, retrying those whose worker died.
 
     A worker whose process died is asked `describe` until Ray has restarted it (calls made while
-    it restarts fail at once) and only then given work again; one Ray gave up on is dropped.
+    it restarts fail at once) and only then given work again; one Ray gave up on, or whose
+    models no longer load (restarted on a node without the shared folder), is dropped.
     """
     start = time.perf_counter()
     idle = list(range(len(actors)))
@@ -286,15 +333,18 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
                 shown.running = []
                 idle.append(worker)
                 continue
+            note(answer.notes)
+            shown.pid = answer.pid
             if batch is None:  # a restarted worker, its models loaded again
-                shown.pid = answer.pid
+                if answer.error:
+                    note([f"Ray worker {worker} dropped: {answer.error}"])
+                    continue
             else:
-                shown.pid, seconds, restored = answer
-                shown.images, shown.batches = shown.images + len(restored), shown.batches + 1
+                shown.images, shown.batches = shown.images + len(answer.outcomes), shown.batches + 1
                 shown.busy_seconds += time.perf_counter() - began
-                shown.compute_seconds += seconds
+                shown.compute_seconds += answer.seconds
                 shown.running = []
-                for i, outcome in zip(batch.indices, restored):
+                for i, outcome in zip(batch.indices, answer.outcomes):
                     finish(i, outcome)
             idle.append(worker)
         progress.elapsed = time.perf_counter() - start

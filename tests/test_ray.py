@@ -71,6 +71,21 @@ def assert_same_results(a: Path, b: Path, names: list[str]) -> None:
 NAMES = [f"img{k}" for k in range(IMAGES)]
 
 
+def test_cluster_options_fail_in_one_line_before_ray_starts(inputs: Path, tmp_path: Path) -> None:
+    # Before any test starts the module's cluster: each of these is refused without starting
+    # Ray, and an address nobody listens on is refused at once (Ray itself retries for minutes).
+    assert not ray.is_initialized()
+    runner = CliRunner()
+    run = ["run", str(inputs), "--engine", "none.plan", "--mask-preset", "mouth", "--device", "cpu", "--out", str(tmp_path)]
+    for extra, message in ((["--ray", "127.0.0.1:1"], "--ray 127.0.0.1:1: no Ray cluster there"),
+                           (["--ray", "head"], "--ray head: give local, auto, HOST:PORT or ray://HOST:PORT"),
+                           (["--ray", "local", "--workers", "0"], "--workers must be >= 1, got 0"),
+                           (["--ray", "local", "--gpus-per-worker", "1"], "--gpus-per-worker 1 with --device cpu: give 0 for CPU workers")):
+        result = runner.invoke(app, run + extra)
+        assert result.exit_code == 2 and f"error: {message}" in result.output, result.output
+        assert not ray.is_initialized() and not list(tmp_path.iterdir())
+
+
 @pytest.fixture(scope="module")
 def local_run(plan: Path, inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: the same job run locally, 40 steps (long enough to kill a worker mid-batch)."""
@@ -104,6 +119,10 @@ class KillWorkerMidBatch(SilentJobReporter):
         self.out = out
         self.killed: list[str] = []
         self.finished_before: dict[str, int] = {}  # report.json mtimes of the inputs done by then
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
     def update(self, progress: JobProgress) -> None:
         if self.killed:
@@ -126,6 +145,8 @@ def test_killed_worker_batch_is_retried_and_resumed(cluster: object, plan: Path,
     assert_same_results(local_run, tmp_path, NAMES)
     for name, mtime in reporter.finished_before.items():
         assert (tmp_path / name / "report.json").stat().st_mtime_ns == mtime, name
+    # The worker that resumed them said so, as a local --resume does.
+    assert any(n.startswith("resuming ") and all(name in n for name in reporter.killed) for n in reporter.notes), reporter.notes
 
 
 class InterruptAfter(SilentJobReporter):
@@ -133,15 +154,21 @@ class InterruptAfter(SilentJobReporter):
 
     def __init__(self, done: int) -> None:
         self.done = done
+        self.ended = False
 
     def update(self, progress: JobProgress) -> None:
         if progress.done >= self.done:
             raise KeyboardInterrupt
 
+    def job_finished(self) -> None:
+        self.ended = True
+
 
 def test_interrupted_cluster_job_resumes_without_recomputing(cluster: object, plan: Path, inputs: Path, local_run: Path, tmp_path: Path) -> None:
+    interrupt = InterruptAfter(1)
     with pytest.raises(KeyboardInterrupt):
-        run_ray_job(options(plan, inputs, tmp_path, steps=40), "local", workers=1, reporter=InterruptAfter(1))
+        run_ray_job(options(plan, inputs, tmp_path, steps=40), "local", workers=1, reporter=interrupt)
+    assert interrupt.ended  # the progress display is told, so it can stop
     finished = {p.parent.name: p.read_bytes() for p in tmp_path.glob("*/report.json")}
     assert 1 <= len(finished) < IMAGES
     outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=40, resume=True), "local", workers=2)
