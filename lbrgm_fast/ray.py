@@ -380,7 +380,7 @@ class Restorer:
     """Restores batches of images in a Ray Data pipeline:
 
         ds.map_batches(Restorer, fn_constructor_kwargs={"checkpoint": "ffhq.pkl", "mask_preset": "mouth"},
-                       concurrency=4, num_gpus=1, batch_size=8)
+                       compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1, batch_size=8)
 
     Each actor loads the models once and keeps one compiled step for all its batches.
 
@@ -393,7 +393,8 @@ class Restorer:
         "image": [B, H, W, 3] uint8 (or float in [0, 1]): the observations, at the generator's
             resolution (for super-resolution: the low-resolution images, all one size);
         "mask" (optional, inpainting): [B, H, W], 1 where a pixel is observed, 0 where it is
-            missing: one mask per row instead of the constructor's;
+            missing (values above 0.5 count as observed): one mask per row instead of the
+            constructor's;
         "ground_truth" (optional): [B, H, W, 3] clean images for metrics and oracle early stopping.
     It is returned with "restored" [B, H, W, 3] uint8 at the generator's resolution and one
     column per metric of report.json ("best_step", "final_total", ..., "psnr" with a ground truth).
@@ -415,11 +416,11 @@ class Restorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = _as_float(batch["image"], "image")  # [B, 3, h, w]
         truth = _as_float(batch["ground_truth"], "ground_truth") if "ground_truth" in batch else None
-        masks = batch.get("mask")
         rows = len(images)
+        masks = _as_masks(batch["mask"], rows) if "mask" in batch else None  # [B, H, W] bool
         groups: dict[bytes, list[int]] = {}  # rows sharing one mask share one operator
         for r in range(rows):
-            groups.setdefault(b"" if masks is None else np.ascontiguousarray(masks[r] > 0.5).tobytes(), []).append(r)
+            groups.setdefault(b"" if masks is None else masks[r].tobytes(), []).append(r)
         restored = torch.zeros(rows, 3, self.worker.resolution, self.worker.resolution)
         metrics: list[dict] = [{} for _ in range(rows)]
         for key, members in groups.items():
@@ -460,6 +461,15 @@ class Restorer:
             raise ImageError("inpainting without mask_preset or mask needs a 'mask' column")
         assert self.worker.shared_operator is not None
         return self.worker.shared_operator
+
+
+def _as_masks(masks: np.ndarray, rows: int) -> np.ndarray:
+    """The "mask" column, [B, H, W] with values in [0, 1] -> [B, H, W] bool, True where observed
+    (above 0.5: binary, as a mask file is read)."""
+    array = np.asarray(masks)
+    if array.ndim != 3 or len(array) != rows:
+        raise ImageError(f"column 'mask' must hold one [H, W] mask per image, got {list(array.shape)} for {rows} images")
+    return np.ascontiguousarray(array > 0.5)
 
 
 def _as_float(images: np.ndarray, column: str) -> torch.Tensor:

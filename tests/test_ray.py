@@ -183,7 +183,7 @@ def test_restorer_on_a_ray_dataset(cluster: object, plan: Path, inputs: Path, tm
     kwargs = dict(engine=str(plan), forward_backend="torch", mask_preset="mouth", degrade=True, steps=4, candidates=2, log_every=2,
                   device="cpu", compile=False, deterministic=True)
     dataset = ray.data.from_items([{"id": k, "image": image} for k, image in enumerate(images)])
-    rows = dataset.map_batches(Restorer, fn_constructor_kwargs=kwargs, concurrency=1, num_cpus=1, batch_size=2).take_all()
+    rows = dataset.map_batches(Restorer, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_size=2).take_all()
     assert sorted(r["id"] for r in rows) == [0, 1, 2]
     # The same images restored by a local job (--degrade: observation made from the clean image).
     run_job(RunOptions(inputs=[str(inputs / f"{name}.png") for name in NAMES[:3]], out=tmp_path, batch_size=2, **kwargs))  # type: ignore[arg-type]
@@ -195,6 +195,28 @@ def test_restorer_on_a_ray_dataset(cluster: object, plan: Path, inputs: Path, tm
         report = json.loads((tmp_path / name / "report.json").read_text())
         assert row["best_step"] == report["metrics"]["best_step"]
         assert row["psnr"] == pytest.approx(report["metrics"]["psnr"], abs=1e-4)
+
+
+def test_restorer_masks_per_row(cluster: object, plan: Path, inputs: Path, tmp_path: Path) -> None:
+    # A "mask" column instead of a mask option: rows with the same mask (0 and 2) are restored
+    # as one batch, the other alone; each as a local run with that mask file restores it.
+    right, bottom = np.ones((2, 32, 32), np.float32)
+    right[:, 20:], bottom[22:] = 0, 0.2  # 0.2 is "missing" (above 0.5 is observed)
+    masks = {"img0": right, "img1": bottom, "img2": right}
+    kwargs = dict(engine=str(plan), forward_backend="torch", degrade=True, steps=4, candidates=2, log_every=2,
+                  device="cpu", compile=False, deterministic=True)
+    items = [{"id": k, "image": np.asarray(Image.open(inputs / f"{name}.png")), "mask": masks[name]} for k, name in enumerate(masks)]
+    rows = ray.data.from_items(items).map_batches(Restorer, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=1),
+                                                  num_cpus=1, batch_size=3).take_all()
+    for mask, names in ((right, ["img0", "img2"]), (bottom, ["img1"])):
+        Image.fromarray((mask > 0.5).astype(np.uint8) * 255).save(tmp_path / "mask.png")
+        run_job(RunOptions(inputs=[str(inputs / f"{name}.png") for name in names], out=tmp_path / "local", mask=str(tmp_path / "mask.png"),
+                           batch_size=2, **kwargs))  # type: ignore[arg-type]
+    for row in rows:
+        name = list(masks)[row["id"]]
+        assert np.array_equal(row["restored"], np.asarray(Image.open(tmp_path / "local" / name / "restored.png"))), name
+        metrics = json.loads((tmp_path / "local" / name / "report.json").read_text())["metrics"]
+        assert row["psnr_missing_region"] == pytest.approx(metrics["psnr_missing_region"], abs=1e-4), name
 
 
 def test_more_workers_than_the_cluster_holds_is_one_line(cluster: object, plan: Path, inputs: Path, tmp_path: Path) -> None:
