@@ -319,6 +319,11 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
             except RayActorError as exc:  # its process died
                 shown.pid, shown.running = None, []
                 if batch is not None:
+                    if isinstance(exc, ActorUnavailableError):
+                        # Unreachable, not known dead: its process may still be writing this
+                        # batch's folders. Stop it (Ray restarts it) before another worker
+                        # takes the batch, so no two processes write one input.
+                        ray.kill(actors[worker], no_restart=False)
                     _retry(batch, exc, outcomes, queue, options, finish)
                     probe(worker)  # is Ray restarting it?
                 elif isinstance(exc, ActorUnavailableError):  # restarting: ask again
