@@ -26,6 +26,9 @@ from plans import tiny32_plan  # noqa: E402
 
 pytestmark = pytest.mark.slow
 IMAGES = 4
+#: Steps of the cluster runs: enough for a worker to be killed between its first saved state
+#: (every 2 steps) and its result.
+STEPS = 30
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +91,15 @@ def test_cluster_options_fail_in_one_line_before_ray_starts(inputs: Path, tmp_pa
 
 @pytest.fixture(scope="module")
 def local_run(plan: Path, inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference: the same job run locally, 40 steps (long enough to kill a worker mid-batch)."""
+    """The reference: the same job run locally, `STEPS` steps."""
     out = tmp_path_factory.mktemp("local")
-    run_job(options(plan, inputs, out, steps=40))
+    run_job(options(plan, inputs, out, steps=STEPS))
     return out
 
 
 def test_cluster_run_equals_local_run(cluster: object, plan: Path, inputs: Path, local_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["run", str(inputs), "--engine", str(plan), "--forward-backend", "torch", "--mask-preset", "mouth", "--steps", "40",
+    args = ["run", str(inputs), "--engine", str(plan), "--forward-backend", "torch", "--mask-preset", "mouth", "--steps", str(STEPS),
             "--candidates", "2", "--log-every", "2", "--device", "cpu", "--no-compile", "--deterministic",
             "--no-retain-host-memory", "--out", str(tmp_path), "--ray", "local", "--workers", "2", "--json"]
     result = runner.invoke(app, args)
@@ -137,7 +140,7 @@ class KillWorkerMidBatch(SilentJobReporter):
 
 def test_killed_worker_batch_is_retried_and_resumed(cluster: object, plan: Path, inputs: Path, local_run: Path, tmp_path: Path) -> None:
     reporter = KillWorkerMidBatch(tmp_path)
-    outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=40), "local", workers=2, reporter=reporter)
+    outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=STEPS), "local", workers=2, reporter=reporter)
     assert reporter.killed, "no worker was seen mid-batch"
     assert [(o.name, o.status) for o in outcomes] == [(name, "done") for name in NAMES], [o.message for o in outcomes]
     # The killed batch continued from its saved state to the result an unbroken run gives,
@@ -167,11 +170,11 @@ class InterruptAfter(SilentJobReporter):
 def test_interrupted_cluster_job_resumes_without_recomputing(cluster: object, plan: Path, inputs: Path, local_run: Path, tmp_path: Path) -> None:
     interrupt = InterruptAfter(1)
     with pytest.raises(KeyboardInterrupt):
-        run_ray_job(options(plan, inputs, tmp_path, steps=40), "local", workers=1, reporter=interrupt)
+        run_ray_job(options(plan, inputs, tmp_path, steps=STEPS), "local", workers=1, reporter=interrupt)
     assert interrupt.ended  # the progress display is told, so it can stop
     finished = {p.parent.name: p.read_bytes() for p in tmp_path.glob("*/report.json")}
     assert 1 <= len(finished) < IMAGES
-    outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=40, resume=True), "local", workers=2)
+    outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=STEPS, resume=True), "local", workers=2)
     status = {o.name: o.status for o in outcomes}
     assert status == {name: "skipped" if name in finished else "done" for name in NAMES}
     assert {name: (tmp_path / name / "report.json").read_bytes() for name in finished} == finished
