@@ -333,7 +333,7 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
                 continue
             except RayTaskError as exc:  # a bug, not a bad input (those fail alone, inside the batch)
                 assert batch is not None
-                for i in batch.indices:
+                for i in _keep_finished(batch, outcomes, finish):  # inputs written before it are done
                     finish(i, dataclasses.replace(outcomes[i], status="failed", message=f"worker error: {str(exc.cause or exc).splitlines()[0]}"))
                 shown.running = []
                 idle.append(worker)
@@ -356,16 +356,23 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
         reporter.update(progress)
 
 
-def _retry(batch: _Batch, exc: Exception, outcomes: list[InputOutcome], queue: deque[_Batch], options: RunOptions, finish) -> None:  # noqa: ANN001
-    """After a worker died in `batch`: keep what it finished, give the rest out again (resuming
-    from their saved state; with --overwrite from the start), or fail it after `MAX_ATTEMPTS`."""
-    batch.attempts += 1
+def _keep_finished(batch: _Batch, outcomes: list[InputOutcome], finish) -> list[int]:  # noqa: ANN001
+    """Finish the inputs of `batch` whose report.json this job wrote (their outcome read back
+    from it); returns the others."""
     rest = []
     for i in batch.indices:
         if _report_stat(outcomes[i].folder) != batch.reports_before[i]:  # type: ignore[arg-type]
             finish(i, _finished_outcome(outcomes[i]))
         else:
             rest.append(i)
+    return rest
+
+
+def _retry(batch: _Batch, exc: Exception, outcomes: list[InputOutcome], queue: deque[_Batch], options: RunOptions, finish) -> None:  # noqa: ANN001
+    """After a worker died in `batch`: keep what it finished, give the rest out again (resuming
+    from their saved state; with --overwrite from the start), or fail it after `MAX_ATTEMPTS`."""
+    batch.attempts += 1
+    rest = _keep_finished(batch, outcomes, finish)
     if not rest:
         return
     if batch.attempts >= MAX_ATTEMPTS:
