@@ -197,8 +197,12 @@ class RichJobReporter:
             self._task = self._progress.add_task("images", total=progress.total, info="")
             self._progress.start()
         self._progress.update(self._task, completed=finished, info=f"{progress.failed} failed{eta} | {rates}")  # type: ignore[arg-type]
-        if finished == progress.total:
+
+    def job_finished(self) -> None:
+        # Also after Ctrl-C or an error: a live bar left running keeps the terminal's cursor hidden.
+        if self._progress is not None:
             self._progress.stop()
+        self._progress = self._task = None
 
 
 def _gib(n: object) -> str:

@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,12 +61,18 @@ class JobReporter(Protocol):
 
     def update(self, progress: JobProgress) -> None: ...
 
+    def job_finished(self) -> None:
+        """Called once the job ends, however it ends (done, Ctrl-C, an error)."""
+
 
 class SilentJobReporter:
     def note(self, message: str) -> None:
         pass
 
     def update(self, progress: JobProgress) -> None:
+        pass
+
+    def job_finished(self) -> None:
         pass
 
 
@@ -78,13 +85,26 @@ class _NoteList(SilentReporter):
     def note(self, message: str) -> None:
         self.notes.append(message)
 
+    def take(self) -> list[str]:
+        """The notes kept since the last call (each reaches the driver once)."""
+        notes, self.notes = self.notes, []
+        return notes
+
 
 @dataclass
 class _WorkerInfo:
     pid: int
     host: str
     notes: list[str]
-    error: str | None  # a UserError while loading (a bad checkpoint): the whole job's problem
+    error: str | None  # a UserError while loading (a bad checkpoint, a node without the shared folder)
+
+
+@dataclass
+class _BatchAnswer:
+    pid: int  # the worker's process
+    seconds: float  # spent in the worker on this batch
+    outcomes: list[InputOutcome]  # the batch's inputs with their outcomes filled in
+    notes: list[str]  # the worker's notes while restoring it ("resuming ... at step ...")
 
 
 class _RestoreWorker:
@@ -104,15 +124,14 @@ class _RestoreWorker:
             self.error = str(exc)
 
     def describe(self) -> _WorkerInfo:
-        return _WorkerInfo(os.getpid(), socket.gethostname(), self.reporter.notes, self.error)
+        return _WorkerInfo(os.getpid(), socket.gethostname(), self.reporter.take(), self.error)
 
-    def restore(self, inputs: list[InputOutcome], resume: bool) -> tuple[int, float, list[InputOutcome]]:
-        """(this process's id, seconds spent here, `inputs` with their outcomes filled in)."""
+    def restore(self, inputs: list[InputOutcome], resume: bool) -> _BatchAnswer:
         began = time.perf_counter()
         options = self.worker.options
         with retained_host_memory(enabled=options.retain_host_memory and self.device.type == "cpu"):
             self.worker.restore(inputs, resume=resume)
-        return os.getpid(), time.perf_counter() - began, inputs
+        return _BatchAnswer(os.getpid(), time.perf_counter() - began, inputs, self.reporter.take())
 
 
 @dataclass
@@ -147,13 +166,25 @@ def _connect(address: str) -> bool:
     shuts it down. A process that has already called `ray.init` keeps its cluster."""
     if ray.is_initialized():
         return False
+    absent = f"--ray {address}: no Ray cluster there ({{}}); start one with `ray start --head` or use --ray local"
+    if address not in ("local", "auto") and "://" not in address:
+        # Ray retries an unreachable HEAD:PORT for minutes before giving up: ask once first.
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST:PORT")
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as exc:
+            raise UserError(absent.format(exc)) from None
     try:
         if address == "local":
             ray.init(address="local", include_dashboard=False, configure_logging=False)
         else:
             ray.init(address=address, configure_logging=False)
     except ConnectionError as exc:
-        raise UserError(f"--ray {address}: no Ray cluster there ({exc}); start one with `ray start --head` or use --ray local") from None
+        raise UserError(absent.format(exc)) from None
+    except ValueError as exc:  # e.g. ray:// without Ray Client's package
+        raise UserError(f"--ray {address}: {str(exc).splitlines()[0]}") from None
     return True
 
 
@@ -163,12 +194,8 @@ def _worker_count(options: RunOptions, workers: int | None, gpus_per_worker: flo
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if gpus and options.device != "cpu" else 0.0
-    if gpus_per_worker < 0 or (gpus_per_worker > 0 and options.device == "cpu"):
-        raise UserError(f"--gpus-per-worker {gpus_per_worker} with --device {options.device}: give 0 for CPU workers")
     if gpus_per_worker == 0 and options.device == "cuda":
         raise UserError("--device cuda on Ray needs GPUs for the workers: give --gpus-per-worker (e.g. 1)")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
     room = min(int(gpus // gpus_per_worker) if gpus_per_worker else int(cpus), int(cpus))  # each worker holds one CPU too
     if room < 1 or (workers or 0) > room:
         # Ray would wait for room that never comes.
@@ -201,6 +228,10 @@ def run_ray_job(
     check_options(options)
     if options.profile is not None:
         raise UserError("--profile traces one process: profile a local run (without --ray)")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if gpus_per_worker is not None and (gpus_per_worker < 0 or (gpus_per_worker > 0 and options.device == "cpu")):
+        raise UserError(f"--gpus-per-worker {gpus_per_worker:g} with --device {options.device}: give 0 for CPU workers")
     outcomes, pending = select_inputs(options)
     if not pending:
         return outcomes
@@ -216,26 +247,42 @@ def run_ray_job(
         actor_class = ray.remote(_RestoreWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
         actors = [actor_class.remote(options, os.getcwd()) for _ in range(count)]
         infos: list[_WorkerInfo] = ray.get([a.describe.remote() for a in actors])
-        for message in dict.fromkeys(n for info in infos for n in info.notes):
-            reporter.note(message)
+        note = _once(reporter.note)  # every worker loads the same models: one copy of their notes
+        note(n for info in infos for n in info.notes)
         if any(info.error for info in infos):
             raise UserError(next(info.error for info in infos if info.error))  # type: ignore[arg-type]
         progress = JobProgress(total=len(pending), done=0, failed=0, elapsed=0.0,
                                workers=[WorkerProgress(i, info.pid, info.host) for i, info in enumerate(infos)])
-        _drive(actors, queue, outcomes, progress, options, reporter)
+        _drive(actors, queue, outcomes, progress, options, reporter, note)
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
         if started_ray:
             ray.shutdown()
+        reporter.job_finished()
     return outcomes
 
 
-def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], progress: JobProgress, options: RunOptions, reporter: JobReporter) -> None:
+def _once(note: Callable[[str], None]) -> Callable[[Iterable[str]], None]:
+    """`note` for each message it has not been given before."""
+    seen: set[str] = set()
+
+    def tell(messages: Iterable[str]) -> None:
+        for message in messages:
+            if message not in seen:
+                seen.add(message)
+                note(message)
+
+    return tell
+
+
+def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], progress: JobProgress, options: RunOptions,
+           reporter: JobReporter, note: Callable[[Iterable[str]], None]) -> None:
     """Give batches to idle workers until every batch is done, retrying those whose worker died.
 
     A worker whose process died is asked `describe` until Ray has restarted it (calls made while
-    it restarts fail at once) and only then given work again; one Ray gave up on is dropped.
+    it restarts fail at once) and only then given work again; one Ray gave up on, or whose
+    models no longer load (restarted on a node without the shared folder), is dropped.
     """
     start = time.perf_counter()
     idle = list(range(len(actors)))
@@ -272,6 +319,11 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
             except RayActorError as exc:  # its process died
                 shown.pid, shown.running = None, []
                 if batch is not None:
+                    if isinstance(exc, ActorUnavailableError):
+                        # Unreachable, not known dead: its process may still be writing this
+                        # batch's folders. Stop it (Ray restarts it) before another worker
+                        # takes the batch, so no two processes write one input.
+                        ray.kill(actors[worker], no_restart=False)
                     _retry(batch, exc, outcomes, queue, options, finish)
                     probe(worker)  # is Ray restarting it?
                 elif isinstance(exc, ActorUnavailableError):  # restarting: ask again
@@ -281,36 +333,46 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
                 continue
             except RayTaskError as exc:  # a bug, not a bad input (those fail alone, inside the batch)
                 assert batch is not None
-                for i in batch.indices:
+                for i in _keep_finished(batch, outcomes, finish):  # inputs written before it are done
                     finish(i, dataclasses.replace(outcomes[i], status="failed", message=f"worker error: {str(exc.cause or exc).splitlines()[0]}"))
                 shown.running = []
                 idle.append(worker)
                 continue
+            note(answer.notes)
+            shown.pid = answer.pid
             if batch is None:  # a restarted worker, its models loaded again
-                shown.pid = answer.pid
+                if answer.error:
+                    note([f"Ray worker {worker} dropped: {answer.error}"])
+                    continue
             else:
-                shown.pid, seconds, restored = answer
-                shown.images, shown.batches = shown.images + len(restored), shown.batches + 1
+                shown.images, shown.batches = shown.images + len(answer.outcomes), shown.batches + 1
                 shown.busy_seconds += time.perf_counter() - began
-                shown.compute_seconds += seconds
+                shown.compute_seconds += answer.seconds
                 shown.running = []
-                for i, outcome in zip(batch.indices, restored):
+                for i, outcome in zip(batch.indices, answer.outcomes):
                     finish(i, outcome)
             idle.append(worker)
         progress.elapsed = time.perf_counter() - start
         reporter.update(progress)
 
 
-def _retry(batch: _Batch, exc: Exception, outcomes: list[InputOutcome], queue: deque[_Batch], options: RunOptions, finish) -> None:  # noqa: ANN001
-    """After a worker died in `batch`: keep what it finished, give the rest out again (resuming
-    from their saved state; with --overwrite from the start), or fail it after `MAX_ATTEMPTS`."""
-    batch.attempts += 1
+def _keep_finished(batch: _Batch, outcomes: list[InputOutcome], finish) -> list[int]:  # noqa: ANN001
+    """Finish the inputs of `batch` whose report.json this job wrote (their outcome read back
+    from it); returns the others."""
     rest = []
     for i in batch.indices:
         if _report_stat(outcomes[i].folder) != batch.reports_before[i]:  # type: ignore[arg-type]
             finish(i, _finished_outcome(outcomes[i]))
         else:
             rest.append(i)
+    return rest
+
+
+def _retry(batch: _Batch, exc: Exception, outcomes: list[InputOutcome], queue: deque[_Batch], options: RunOptions, finish) -> None:  # noqa: ANN001
+    """After a worker died in `batch`: keep what it finished, give the rest out again (resuming
+    from their saved state; with --overwrite from the start), or fail it after `MAX_ATTEMPTS`."""
+    batch.attempts += 1
+    rest = _keep_finished(batch, outcomes, finish)
     if not rest:
         return
     if batch.attempts >= MAX_ATTEMPTS:
@@ -330,7 +392,7 @@ class Restorer:
     """Restores batches of images in a Ray Data pipeline:
 
         ds.map_batches(Restorer, fn_constructor_kwargs={"checkpoint": "ffhq.pkl", "mask_preset": "mouth"},
-                       concurrency=4, num_gpus=1, batch_size=8)
+                       compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1, batch_size=8)
 
     Each actor loads the models once and keeps one compiled step for all its batches.
 
@@ -343,7 +405,8 @@ class Restorer:
         "image": [B, H, W, 3] uint8 (or float in [0, 1]): the observations, at the generator's
             resolution (for super-resolution: the low-resolution images, all one size);
         "mask" (optional, inpainting): [B, H, W], 1 where a pixel is observed, 0 where it is
-            missing: one mask per row instead of the constructor's;
+            missing (values above 0.5 count as observed): one mask per row instead of the
+            constructor's;
         "ground_truth" (optional): [B, H, W, 3] clean images for metrics and oracle early stopping.
     It is returned with "restored" [B, H, W, 3] uint8 at the generator's resolution and one
     column per metric of report.json ("best_step", "final_total", ..., "psnr" with a ground truth).
@@ -365,11 +428,11 @@ class Restorer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = _as_float(batch["image"], "image")  # [B, 3, h, w]
         truth = _as_float(batch["ground_truth"], "ground_truth") if "ground_truth" in batch else None
-        masks = batch.get("mask")
         rows = len(images)
+        masks = _as_masks(batch["mask"], rows) if "mask" in batch else None  # [B, H, W] bool
         groups: dict[bytes, list[int]] = {}  # rows sharing one mask share one operator
         for r in range(rows):
-            groups.setdefault(b"" if masks is None else np.ascontiguousarray(masks[r] > 0.5).tobytes(), []).append(r)
+            groups.setdefault(b"" if masks is None else masks[r].tobytes(), []).append(r)
         restored = torch.zeros(rows, 3, self.worker.resolution, self.worker.resolution)
         metrics: list[dict] = [{} for _ in range(rows)]
         for key, members in groups.items():
@@ -410,6 +473,15 @@ class Restorer:
             raise ImageError("inpainting without mask_preset or mask needs a 'mask' column")
         assert self.worker.shared_operator is not None
         return self.worker.shared_operator
+
+
+def _as_masks(masks: np.ndarray, rows: int) -> np.ndarray:
+    """The "mask" column, [B, H, W] with values in [0, 1] -> [B, H, W] bool, True where observed
+    (above 0.5: binary, as a mask file is read)."""
+    array = np.asarray(masks)
+    if array.ndim != 3 or len(array) != rows:
+        raise ImageError(f"column 'mask' must hold one [H, W] mask per image, got {list(array.shape)} for {rows} images")
+    return np.ascontiguousarray(array > 0.5)
 
 
 def _as_float(images: np.ndarray, column: str) -> torch.Tensor:

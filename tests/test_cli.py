@@ -402,6 +402,26 @@ def test_cluster_progress_line(capsys: pytest.CaptureFixture) -> None:
     assert "3/8 images, 1 failed, ETA 1.7 min | w0:200/h w1:-" in capsys.readouterr().err
 
 
+def test_cluster_progress_bar_ends_with_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a terminal the bar is live (the cursor hidden); a job ending early (Ctrl-C, an error)
+    # must still stop it and show the cursor again.
+    import io
+
+    from rich.console import Console
+
+    from lbrgm_fast.cli import RichJobReporter
+    from lbrgm_fast.progress import JobProgress, WorkerProgress
+
+    terminal = io.StringIO()
+    monkeypatch.setattr("lbrgm_fast.cli.stderr", Console(file=terminal, force_terminal=True))
+    reporter = RichJobReporter(quiet=False)
+    reporter.update(JobProgress(total=8, done=1, failed=0, elapsed=10.0, workers=[WorkerProgress(0, 11, "a")]))
+    hide, show = "\x1b[?25l", "\x1b[?25h"
+    assert hide in terminal.getvalue() and show not in terminal.getvalue()
+    reporter.job_finished()
+    assert terminal.getvalue().rindex(show) > terminal.getvalue().rindex(hide)
+
+
 
 def test_messages_keep_brackets_in_names(weights: dict[str, str], tmp_path: Path) -> None:
     # rich reads [...] as markup: a file named like a tag must still be named in full.

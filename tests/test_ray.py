@@ -26,6 +26,9 @@ from plans import tiny32_plan  # noqa: E402
 
 pytestmark = pytest.mark.slow
 IMAGES = 4
+#: Steps of the cluster runs: enough for a worker to be killed between its first saved state
+#: (every 2 steps) and its result.
+STEPS = 30
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +74,32 @@ def assert_same_results(a: Path, b: Path, names: list[str]) -> None:
 NAMES = [f"img{k}" for k in range(IMAGES)]
 
 
+def test_cluster_options_fail_in_one_line_before_ray_starts(inputs: Path, tmp_path: Path) -> None:
+    # Before any test starts the module's cluster: each of these is refused without starting
+    # Ray, and an address nobody listens on is refused at once (Ray itself retries for minutes).
+    assert not ray.is_initialized()
+    runner = CliRunner()
+    run = ["run", str(inputs), "--engine", "none.plan", "--mask-preset", "mouth", "--device", "cpu", "--out", str(tmp_path)]
+    for extra, message in ((["--ray", "127.0.0.1:1"], "--ray 127.0.0.1:1: no Ray cluster there"),
+                           (["--ray", "head"], "--ray head: give local, auto, HOST:PORT or ray://HOST:PORT"),
+                           (["--ray", "local", "--workers", "0"], "--workers must be >= 1, got 0"),
+                           (["--ray", "local", "--gpus-per-worker", "1"], "--gpus-per-worker 1 with --device cpu: give 0 for CPU workers")):
+        result = runner.invoke(app, run + extra)
+        assert result.exit_code == 2 and f"error: {message}" in result.output, result.output
+        assert not ray.is_initialized() and not list(tmp_path.iterdir())
+
+
 @pytest.fixture(scope="module")
 def local_run(plan: Path, inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference: the same job run locally, 40 steps (long enough to kill a worker mid-batch)."""
+    """The reference: the same job run locally, `STEPS` steps."""
     out = tmp_path_factory.mktemp("local")
-    run_job(options(plan, inputs, out, steps=40))
+    run_job(options(plan, inputs, out, steps=STEPS))
     return out
 
 
 def test_cluster_run_equals_local_run(cluster: object, plan: Path, inputs: Path, local_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["run", str(inputs), "--engine", str(plan), "--forward-backend", "torch", "--mask-preset", "mouth", "--steps", "40",
+    args = ["run", str(inputs), "--engine", str(plan), "--forward-backend", "torch", "--mask-preset", "mouth", "--steps", str(STEPS),
             "--candidates", "2", "--log-every", "2", "--device", "cpu", "--no-compile", "--deterministic",
             "--no-retain-host-memory", "--out", str(tmp_path), "--ray", "local", "--workers", "2", "--json"]
     result = runner.invoke(app, args)
@@ -104,6 +122,10 @@ class KillWorkerMidBatch(SilentJobReporter):
         self.out = out
         self.killed: list[str] = []
         self.finished_before: dict[str, int] = {}  # report.json mtimes of the inputs done by then
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
     def update(self, progress: JobProgress) -> None:
         if self.killed:
@@ -118,7 +140,7 @@ class KillWorkerMidBatch(SilentJobReporter):
 
 def test_killed_worker_batch_is_retried_and_resumed(cluster: object, plan: Path, inputs: Path, local_run: Path, tmp_path: Path) -> None:
     reporter = KillWorkerMidBatch(tmp_path)
-    outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=40), "local", workers=2, reporter=reporter)
+    outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=STEPS), "local", workers=2, reporter=reporter)
     assert reporter.killed, "no worker was seen mid-batch"
     assert [(o.name, o.status) for o in outcomes] == [(name, "done") for name in NAMES], [o.message for o in outcomes]
     # The killed batch continued from its saved state to the result an unbroken run gives,
@@ -126,6 +148,8 @@ def test_killed_worker_batch_is_retried_and_resumed(cluster: object, plan: Path,
     assert_same_results(local_run, tmp_path, NAMES)
     for name, mtime in reporter.finished_before.items():
         assert (tmp_path / name / "report.json").stat().st_mtime_ns == mtime, name
+    # The worker that resumed them said so, as a local --resume does.
+    assert any(n.startswith("resuming ") and all(name in n for name in reporter.killed) for n in reporter.notes), reporter.notes
 
 
 class InterruptAfter(SilentJobReporter):
@@ -133,18 +157,24 @@ class InterruptAfter(SilentJobReporter):
 
     def __init__(self, done: int) -> None:
         self.done = done
+        self.ended = False
 
     def update(self, progress: JobProgress) -> None:
         if progress.done >= self.done:
             raise KeyboardInterrupt
 
+    def job_finished(self) -> None:
+        self.ended = True
+
 
 def test_interrupted_cluster_job_resumes_without_recomputing(cluster: object, plan: Path, inputs: Path, local_run: Path, tmp_path: Path) -> None:
+    interrupt = InterruptAfter(1)
     with pytest.raises(KeyboardInterrupt):
-        run_ray_job(options(plan, inputs, tmp_path, steps=40), "local", workers=1, reporter=InterruptAfter(1))
+        run_ray_job(options(plan, inputs, tmp_path, steps=STEPS), "local", workers=1, reporter=interrupt)
+    assert interrupt.ended  # the progress display is told, so it can stop
     finished = {p.parent.name: p.read_bytes() for p in tmp_path.glob("*/report.json")}
     assert 1 <= len(finished) < IMAGES
-    outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=40, resume=True), "local", workers=2)
+    outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=STEPS, resume=True), "local", workers=2)
     status = {o.name: o.status for o in outcomes}
     assert status == {name: "skipped" if name in finished else "done" for name in NAMES}
     assert {name: (tmp_path / name / "report.json").read_bytes() for name in finished} == finished
@@ -156,7 +186,7 @@ def test_restorer_on_a_ray_dataset(cluster: object, plan: Path, inputs: Path, tm
     kwargs = dict(engine=str(plan), forward_backend="torch", mask_preset="mouth", degrade=True, steps=4, candidates=2, log_every=2,
                   device="cpu", compile=False, deterministic=True)
     dataset = ray.data.from_items([{"id": k, "image": image} for k, image in enumerate(images)])
-    rows = dataset.map_batches(Restorer, fn_constructor_kwargs=kwargs, concurrency=1, num_cpus=1, batch_size=2).take_all()
+    rows = dataset.map_batches(Restorer, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_size=2).take_all()
     assert sorted(r["id"] for r in rows) == [0, 1, 2]
     # The same images restored by a local job (--degrade: observation made from the clean image).
     run_job(RunOptions(inputs=[str(inputs / f"{name}.png") for name in NAMES[:3]], out=tmp_path, batch_size=2, **kwargs))  # type: ignore[arg-type]
@@ -168,6 +198,28 @@ def test_restorer_on_a_ray_dataset(cluster: object, plan: Path, inputs: Path, tm
         report = json.loads((tmp_path / name / "report.json").read_text())
         assert row["best_step"] == report["metrics"]["best_step"]
         assert row["psnr"] == pytest.approx(report["metrics"]["psnr"], abs=1e-4)
+
+
+def test_restorer_masks_per_row(cluster: object, plan: Path, inputs: Path, tmp_path: Path) -> None:
+    # A "mask" column instead of a mask option: rows with the same mask (0 and 2) are restored
+    # as one batch, the other alone; each as a local run with that mask file restores it.
+    right, bottom = np.ones((2, 32, 32), np.float32)
+    right[:, 20:], bottom[22:] = 0, 0.2  # 0.2 is "missing" (above 0.5 is observed)
+    masks = {"img0": right, "img1": bottom, "img2": right}
+    kwargs = dict(engine=str(plan), forward_backend="torch", degrade=True, steps=4, candidates=2, log_every=2,
+                  device="cpu", compile=False, deterministic=True)
+    items = [{"id": k, "image": np.asarray(Image.open(inputs / f"{name}.png")), "mask": masks[name]} for k, name in enumerate(masks)]
+    rows = ray.data.from_items(items).map_batches(Restorer, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=1),
+                                                  num_cpus=1, batch_size=3).take_all()
+    for mask, names in ((right, ["img0", "img2"]), (bottom, ["img1"])):
+        Image.fromarray((mask > 0.5).astype(np.uint8) * 255).save(tmp_path / "mask.png")
+        run_job(RunOptions(inputs=[str(inputs / f"{name}.png") for name in names], out=tmp_path / "local", mask=str(tmp_path / "mask.png"),
+                           batch_size=2, **kwargs))  # type: ignore[arg-type]
+    for row in rows:
+        name = list(masks)[row["id"]]
+        assert np.array_equal(row["restored"], np.asarray(Image.open(tmp_path / "local" / name / "restored.png"))), name
+        metrics = json.loads((tmp_path / "local" / name / "report.json").read_text())["metrics"]
+        assert row["psnr_missing_region"] == pytest.approx(metrics["psnr_missing_region"], abs=1e-4), name
 
 
 def test_more_workers_than_the_cluster_holds_is_one_line(cluster: object, plan: Path, inputs: Path, tmp_path: Path) -> None:
