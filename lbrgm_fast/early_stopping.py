@@ -3,7 +3,8 @@
 * "oracle" (the papers'): the best LPIPS(alex) against the ground truth over the tracked
   iterates (every `track_every` steps, and every logged one); it needs the ground truth, so it is an evaluation tool, not a restoration one.
 * "holdout": without ground truth, a seeded `holdout_fraction` of the observed pixels is left
-  out of the data terms, and the iterate that predicts them best is kept.
+  out of the pixel term (φ still sees them: objective.py), and the iterate that predicts them
+  best is kept.
 * "none": the last iterate.
 * "auto": oracle with a ground truth and a monitor, holdout otherwise.
 
@@ -53,7 +54,6 @@ def score_function(
     rule: str,
     engine: ForwardEngine,
     objective: Objective,
-    observation: torch.Tensor,
     ground_truth: torch.Tensor | None,
     holdout: torch.Tensor | None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -63,7 +63,6 @@ def score_function(
         rule: A resolved rule ("oracle", "holdout" or "none").
         engine: Runs the LPIPS(alex) monitor (oracle).
         objective: Measures the held-out pixels (holdout).
-        observation: y [B, 3, h, w] in [0, 255], every observed pixel (holdout).
         ground_truth: [B, 3, H, W] in [-1, 1] (oracle).
         holdout: The held-out pixels [B, 1, h, w] (holdout).
     """
@@ -72,6 +71,6 @@ def score_function(
         return lambda images: engine.lpips(images.float(), ground_truth).float()
     if rule == "holdout":
         assert holdout is not None
-        return lambda images: objective.holdout_error(images, observation, holdout)
+        return lambda images: objective.holdout_error(images, holdout)
     # "none": every iterate scores alike, and ties go to the latest.
     return lambda images: torch.zeros(images.shape[0], device=images.device)

@@ -356,7 +356,7 @@ class Reconstructor:
                 w_plus, z = resume.w_plus.clone(), None if resume.z is None else resume.z.clone()
             latents = self._latents_for(objective, w_plus, z, settings, rule, None if resume is None else resume.optimizer)
             state = ReconstructionState.start(latents.w_plus, latents.z) if resume is None else resume
-            rule_score = score_function(rule, self.engine, objective, y, gt, holdout)
+            rule_score = score_function(rule, self.engine, objective, gt, holdout)
             reports = Reports(self.steps, rule != "none", on_progress)
 
             @torch.no_grad()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lbrgm_fast.early_stopping import holdout_mask
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.methods import method_settings
 from lbrgm_fast.model import Generator
@@ -202,11 +203,14 @@ def test_batched_equals_one_by_one(tiny32: Generator) -> None:
     Only rounding differs (oneDNN picks other conv algorithms per batch size, ~1e-7 on φ),
     and Adam's first steps, lr·g/(|g| + eps), amplify it for elements whose gradient is ~0:
     measured 5e-6 and 2.6e-3 max |Δw| after 8 steps. Hence 1e-2 on w+ and on the [0, 1]
-    image (2.5 grey levels), far below what a coupling between samples would cause.
+    image (2.5 grey levels), far below what a coupling between samples would cause. On this
+    toy, Adam overshoots at first (the pixel term triples by step 2) and from step 5 on the
+    first row's path amplifies rounding about 30× per step (J's relative difference 1e-6 at
+    step 4, 7e-3 at step 7, with the holdout of objective.py), so the run stops at step 6.
     """
     op = Inpainting.from_preset("mouth", 32)
     y = op(in_range_batch(tiny32, 2))
-    rec = Reconstructor(tiny32, VGG16Features.random(0, resolution=16), steps=8, candidates=4, early_stop="holdout", log_every=2)
+    rec = Reconstructor(tiny32, VGG16Features.random(0, resolution=16), steps=6, candidates=4, early_stop="holdout", log_every=2)
     both = rec.run(y, op, seed=[5, 6])
     for i, seed in enumerate([5, 6]):
         alone = rec.run(y[i : i + 1], op, seed=seed)
@@ -288,6 +292,31 @@ def test_early_stopping_keeps_the_best_scored_iterate(tiny32: Generator) -> None
     assert holdout.early_stop == "holdout" and holdout.history["score"].shape == (5, 2)
     with pytest.raises(UserError, match="oracle"):
         Reconstructor(tiny32, None, settings=pixel_only("none"), early_stop="oracle").run(op(truth), op)
+
+
+def test_holdout_changes_only_the_held_out_pixels_share_of_the_objective(tiny32: Generator) -> None:
+    """With the holdout rule, J at the first iterate is the published J but for the held-out
+    pixels: the pixel term is the mean over the kept pixels' channel values, so
+    pixel_published · N = pixel_holdout · (N − N_h) + S_h (S_h: the held-out values' summed
+    squared error, N / N_h: all / held-out channel values), and φ and the priors are unchanged
+    (φ still sees every pixel, so the start, picked by φ, is the same)."""
+    op = Inpainting.from_preset("eyes", 32)
+    y = op(in_range_batch(tiny32, 2))
+    vgg = VGG16Features.random(0, resolution=16)
+    runs = {rule: Reconstructor(tiny32, vgg, steps=0, candidates=3, early_stop=rule).run(y, op, seed=4) for rule in ("holdout", "none")}
+    held, published = runs["holdout"].history, runs["none"].history
+    assert torch.equal(runs["holdout"].initial_z, runs["none"].initial_z)
+    for name in ("perceptual", "mapping", "latent"):
+        assert np.array_equal(held[name], published[name]), name
+    holdout = holdout_mask(op, 32, (32, 32), [4, 4], 0.05, torch.device("cpu"))  # [2, 1, 32, 32]
+    with torch.no_grad():
+        measured = op((tiny32.synthesis(tiny32.mapping(runs["none"].initial_z)) + 1) * 127.5)
+    s_h = ((measured - y * 255).square() * holdout).sum(dim=(1, 2, 3)).double().numpy()
+    n, n_h = 3 * 32 * 32, 3 * holdout.sum(dim=(1, 2, 3)).double().numpy()
+    assert (n_h > 0).all()
+    assert np.allclose(published["pixel"][0] * n, held["pixel"][0] * (n - n_h) + s_h, rtol=1e-5)
+    weight = method_settings("lbrgm").pixel_weight
+    assert np.allclose(held["total"][0] - published["total"][0], weight * (held["pixel"][0] - published["pixel"][0]), rtol=1e-4, atol=1e-6)
 
 
 class _ScriptedMonitor:
