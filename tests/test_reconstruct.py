@@ -275,6 +275,39 @@ def test_restarts_keep_the_best_scored_run_of_each_observation(tiny32: Generator
         plain.run(op(truth[:1]), op, restarts=0)
 
 
+def test_samples_keep_every_restart_and_brgm_restarts_start_apart(tiny32: Generator) -> None:
+    """samples=K keeps all K restarts: their images, latents and steps, and the per-pixel std
+    (K − 1 in the denominator, root mean of the channels' variances). BRGM's restart r > 0
+    starts at w_avg + ψ·(M(z) − w_avg), z drawn with seed s + r, so its runs differ."""
+    op = Inpainting.from_preset("mouth", 32)
+    y = op(in_range_batch(tiny32, 2))
+    rec = Reconstructor(tiny32, None, settings=pixel_only("brgm"), steps=0, candidates=2, early_stop="none")
+    result = rec.run(y, op, seed=[3, 7], samples=3)
+    assert result.samples.shape == (2, 3, 3, 32, 32) and result.std.shape == (2, 32, 32)
+    assert result.sample_w_plus.shape == (2, 3, 8, 32) and result.sample_z is None and result.sample_steps == [[0] * 3] * 2
+    w_avg = rec._gaussian_priors[method_settings("brgm").w_avg_samples].w_avg
+    for b, seed in enumerate([3, 7]):
+        assert torch.equal(result.sample_w_plus[b, 0], w_avg.expand(8, -1))
+        for r in (1, 2):
+            z = torch.randn(1, 32, generator=torch.Generator().manual_seed(seed + r))
+            with torch.no_grad():
+                expected = w_avg + 0.5 * (tiny32.mapping(z)[0, 0] - w_avg)
+            assert torch.allclose(result.sample_w_plus[b, r], expected.expand(8, -1), atol=1e-6)
+        assert torch.equal(result.images[b], result.samples[b, result.restart[b]])
+    images = result.samples.double().numpy()
+    assert np.allclose(result.std.numpy(), np.sqrt(images.var(axis=1, ddof=1).mean(axis=1)), atol=1e-6)
+    assert (result.std > 0).any()
+    # The same seed gives the same samples (the default reproducibility promise, one process).
+    again = rec.run(y, op, seed=[3, 7], samples=3)
+    assert torch.equal(again.samples, result.samples) and torch.equal(again.std, result.std)
+    scores = Reconstructor(tiny32, None, settings=pixel_only("brgm"), steps=2, candidates=2, early_stop="none").run(y[:1], op, restarts=2).restart_scores[0]
+    assert scores[0] != scores[1]  # two different runs, not one run twice
+    for bad, message in ((dict(samples=1), "samples must be >= 2"), (dict(samples=0), "samples must be >= 2"),
+                         (dict(samples=2, restarts=2), "not both")):
+        with pytest.raises(UserError, match=message):
+            rec.run(y, op, **bad)
+
+
 def test_early_stopping_keeps_the_best_scored_iterate(tiny32: Generator) -> None:
     op = Inpainting.from_preset("eyes", 32)
     truth = in_range_batch(tiny32, 2)
