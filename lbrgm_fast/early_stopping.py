@@ -6,10 +6,17 @@
   out of the pixel term (φ still sees them: objective.py), and the iterate that predicts them
   best is kept.
 * "none": the last iterate.
-* "auto": oracle with a ground truth and a monitor, holdout otherwise.
+* "auto": oracle with a ground truth and a monitor, none otherwise: measured on in-range
+  targets (bench/bench_stopping.py, bench/RESULTS.md), no rule without ground truth kept
+  better iterates than the last one on average (holdout kept worse ones).
 
 A score is per row (B,), lower is better; the loop keeps, per row, the tracked iterate with
 the lowest score (`ReconstructionState.keep_best`).
+
+Among restarts (reconstruct.py) the kept one is the restart whose kept iterate scores best; the
+rule "none" scores nothing, so there the restarts agree instead: with at least
+`AGREEMENT_RESTARTS` of them, the one closest to their per-pixel mean in the missing region
+(`agreement_scores`, measured better than the lowest J), else the one with the lowest J.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ RULES: tuple[str, ...] = get_args(EarlyStop)
 #: Added to a row's seed for its holdout mask, so that the mask's draw is independent of the
 #: candidates' (which use the seed itself).
 HOLDOUT_SEED_OFFSET = 1_000_003
+#: Restarts from which the rule "none" keeps the one closest to their mean (two are equally close).
+AGREEMENT_RESTARTS = 3
 
 
 def resolve_rule(rule: str, has_ground_truth: bool, has_monitor: bool) -> str:
     """The rule a run uses ("auto" resolved); UserError when "oracle" cannot be used."""
     if rule == "auto":
-        rule = "oracle" if has_ground_truth and has_monitor else "holdout"
+        rule = "oracle" if has_ground_truth and has_monitor else "none"
     if rule == "oracle" and not (has_ground_truth and has_monitor):
         raise UserError("early stopping 'oracle' needs a ground truth image and an LPIPS monitor")
     return rule
@@ -74,3 +83,14 @@ def score_function(
         return lambda images: objective.holdout_error(images, holdout)
     # "none": every iterate scores alike, and ties go to the latest.
     return lambda images: torch.zeros(images.shape[0], device=images.device)
+
+
+def agreement_scores(images: torch.Tensor, region: torch.Tensor, restarts: int) -> torch.Tensor:
+    """Each restart's mean squared distance to its observation's restarts' per-pixel mean over
+    `region`, (B·R,), lower is better (the medoid of the restarts scores lowest).
+
+    images: [B·R, 3, H, W], row b·R + r; region: [1, 1, H, W], 1 where the distance counts.
+    """
+    group = images.double().reshape(-1, restarts, *images.shape[1:])  # [B, R, 3, H, W]
+    squared = (group - group.mean(dim=1, keepdim=True)).square() * region.double()
+    return (squared.flatten(2).sum(dim=2) / (region.sum() * images.shape[1])).reshape(-1)

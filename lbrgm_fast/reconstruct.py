@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lbrgm_fast.early_stopping import EarlyStop, RULES, holdout_mask, resolve_rule, score_function
+from lbrgm_fast.early_stopping import AGREEMENT_RESTARTS, EarlyStop, RULES, agreement_scores, holdout_mask, resolve_rule, score_function
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.loop import AdamStep, optimise, start_latents
 from lbrgm_fast.methods import MethodSettings, method_settings, resolve_preset
 from lbrgm_fast.model import Generator
 from lbrgm_fast.objective import TERM_NAMES, Objective, to_255
-from lbrgm_fast.operators import Operator, SuperResolution, check_observation
+from lbrgm_fast.operators import Inpainting, Operator, SuperResolution, check_observation
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.priors import GaussianPrior
 from lbrgm_fast.progress import ProgressReport, Reports
@@ -189,8 +189,9 @@ class Reconstructor:
             the scored ones. 1 (default) scores every step, as the authors' oracle does, on
             the device without waiting for it; logged steps are always scored.
         early_stop: "oracle" (best LPIPS vs ground truth; needs it), "holdout" (hold out
-            `holdout_fraction` of the observed pixels and keep the iterate that predicts them
-            best), "none" (last iterate), or "auto" (oracle with ground truth, else holdout).
+            `holdout_fraction` of the observed pixels from the pixel term and keep the iterate that predicts them
+            best), "none" (last iterate), or "auto" (oracle with ground truth, else none:
+            measured best without ground truth, early_stopping.py).
         holdout_fraction: Fraction of observed pixels held out by the "holdout" rule.
         monitor: LPIPS(alex)-like distance for the oracle rule (required for "oracle").
         settings: Explicit loss weights, overriding `method`/`preset` (e.g. an ablation with
@@ -335,7 +336,8 @@ class Reconstructor:
                 the best candidate of the draws of seed s + r, and all R share seed s's holdout
                 mask, so their scores compare. Per observation, the result keeps the restart
                 whose kept iterate scores best by the early-stopping rule (LPIPS vs the ground
-                truth, or the holdout error; with rule "none", the lowest objective J).
+                truth, or the holdout error; with rule "none", from 3 restarts the one closest to
+                their per-pixel mean in the missing region, with 2 the lowest objective J).
                 `resume`, progress and checkpoint states hold all B·R rows. BRGM, which
                 starts at w_avg, starts restart r > 0 at w_avg perturbed with seed s + r
                 (`loop.perturbed_w_avg`).
@@ -429,7 +431,10 @@ class Reconstructor:
             with prof.phase("finalise"), torch.no_grad():
                 images = G.synthesis(state.best_w_plus, noise_mode=objective.noise_mode)
                 images = ((images.float() + 1) / 2).clamp(0, 1)
-            return self._result(state, images, rule, initial_z, prof.report(since=started), restarts, keep_all=samples is not None)
+            # Where restarts' agreement counts: the hole of an inpainting mask, else every pixel.
+            region = 1 - operator.mask if isinstance(operator, Inpainting) else torch.ones_like(images[:1, :1])
+            return self._result(state, images, rule, initial_z, prof.report(since=started), restarts, keep_all=samples is not None,
+                                region=region)
 
     def _gaussian_prior(self, settings: MethodSettings) -> GaussianPrior | None:
         """BRGM's w_avg and σ from `settings.w_avg_samples` mapping samples (None when the
@@ -498,6 +503,7 @@ class Reconstructor:
         timings: dict[str, object],
         restarts: int,
         keep_all: bool,
+        region: torch.Tensor,
     ) -> ReconstructionResult:
         """The result of the finished `state` (its kept iterates' `images`), the best restart per
         observation, and with `keep_all` every restart as a sample."""
@@ -513,7 +519,10 @@ class Reconstructor:
             initial_z=None if initial_z is None else initial_z.cpu(),
             timings=timings,
         )
-        # Rule "none" scores nothing: restarts compare by the objective at each row's kept iterate.
-        kept = state.best_total if rule == "none" else state.best_score
+        # Rule "none" scores nothing: the restarts' agreement decides (early_stopping.py), or
+        # with fewer restarts the objective at each row's kept iterate.
+        kept = state.best_score
+        if rule == "none":
+            kept = agreement_scores(images, region, restarts) if restarts >= AGREEMENT_RESTARTS else state.best_total
         best = _keep_best_restarts(result, kept.cpu().double().numpy(), restarts)
         return _with_samples(best, result, restarts) if keep_all else best
