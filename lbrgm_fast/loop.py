@@ -130,7 +130,7 @@ def optimise(
     z: torch.Tensor | None,
     step: Callable[[], StepOutput],
     state: ReconstructionState,
-    score: Callable[[torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     reports: Reports,
     checkpoint: Callable[[ReconstructionState], bool],
     *,
@@ -145,7 +145,8 @@ def optimise(
         w_plus, z: The latents `step` updates in place (for the last iterate's evaluation).
         step: One `AdamStep` of `objective`, as the runtime runs it.
         state: Where the run stands; updated on the device.
-        score: Early-stopping score of images [B, 3, H, W] in [-1, 1], (B,), lower is better.
+        score: Early-stopping score of an iterate's images [B, 3, H, W] in [-1, 1] and its J (B,),
+            (B,), lower is better.
         reports: Progress, handed on one log late; says when every row has stopped.
         checkpoint: Called after each update with the state; False stops the loop.
         steps: Adam steps.
@@ -164,7 +165,7 @@ def optimise(
         state.alive = state.alive & torch.isfinite(terms[TOTAL])
         logged = k == steps or k % log_every == 0
         if logged or k % track_every == 0:
-            scores = score(images)
+            scores = score(images, terms[TOTAL])
             state.keep_best(k, scores, terms[TOTAL], w_k, z_k)
         if logged:
             state.log(k, terms, scores)

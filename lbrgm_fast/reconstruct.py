@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lbrgm_fast.early_stopping import AGREEMENT_RESTARTS, EarlyStop, RULES, agreement_scores, holdout_mask, resolve_rule, score_function
+from lbrgm_fast.early_stopping import AGREEING_RULES, AGREEMENT_RESTARTS, EarlyStop, RULES, agreement_scores, holdout_mask, resolve_rule, score_function
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.loop import AdamStep, optimise, start_latents
 from lbrgm_fast.methods import MethodSettings, method_settings, resolve_preset
@@ -190,8 +190,9 @@ class Reconstructor:
             the device without waiting for it; logged steps are always scored.
         early_stop: "oracle" (best LPIPS vs ground truth; needs it), "holdout" (hold out
             `holdout_fraction` of the observed pixels from the pixel term and keep the iterate that predicts them
-            best), "none" (last iterate), or "auto" (oracle with ground truth, else none:
-            measured best without ground truth, early_stopping.py).
+            best), "objective" (the iterate with the lowest J), "none" (last iterate), or
+            "auto" (oracle with ground truth, else objective: measured best without ground
+            truth, early_stopping.py).
         holdout_fraction: Fraction of observed pixels held out by the "holdout" rule.
         monitor: LPIPS(alex)-like distance for the oracle rule (required for "oracle").
         settings: Explicit loss weights, overriding `method`/`preset` (e.g. an ablation with
@@ -336,8 +337,9 @@ class Reconstructor:
                 the best candidate of the draws of seed s + r, and all R share seed s's holdout
                 mask, so their scores compare. Per observation, the result keeps the restart
                 whose kept iterate scores best by the early-stopping rule (LPIPS vs the ground
-                truth, or the holdout error; with rule "none", from 3 restarts the one closest to
-                their per-pixel mean in the missing region, with 2 the lowest objective J).
+                truth, or the holdout error; with the rules "objective" and "none", from 3
+                restarts the one closest to their per-pixel mean in the missing region, with 2
+                the lowest objective J at the kept iterate).
                 `resume`, progress and checkpoint states hold all B·R rows. BRGM, which
                 starts at w_avg, starts restart r > 0 at w_avg perturbed with seed s + r
                 (`loop.perturbed_w_avg`).
@@ -399,9 +401,9 @@ class Reconstructor:
             reports = Reports(self.steps, rule != "none", on_progress)
 
             @torch.no_grad()
-            def score(images: torch.Tensor) -> torch.Tensor:
+            def score(images: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
                 with prof.phase("monitor", sync=False):
-                    return rule_score(images)
+                    return rule_score(images, total)
 
             def checkpoint(state: ReconstructionState) -> bool:
                 if on_checkpoint is None or not checkpoint_every or state.step % checkpoint_every:
@@ -519,10 +521,10 @@ class Reconstructor:
             initial_z=None if initial_z is None else initial_z.cpu(),
             timings=timings,
         )
-        # Rule "none" scores nothing: the restarts' agreement decides (early_stopping.py), or
-        # with fewer restarts the objective at each row's kept iterate.
+        # Without ground truth ("objective", "none") the restarts' agreement decides
+        # (early_stopping.py), or with fewer restarts the objective at each row's kept iterate.
         kept = state.best_score
-        if rule == "none":
+        if rule in AGREEING_RULES:
             kept = agreement_scores(images, region, restarts) if restarts >= AGREEMENT_RESTARTS else state.best_total
         best = _keep_best_restarts(result, kept.cpu().double().numpy(), restarts)
         return _with_samples(best, result, restarts) if keep_all else best
