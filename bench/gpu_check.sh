@@ -5,7 +5,8 @@
 #                   graphs vs eager fp32 after 20 steps at tiny32 and 1024 config-f, CUDA-graph
 #                   replay vs the eager step, and no host synchronisation inside a step
 #   loop_gpu.md     the benchmark report (1024 config-f, batch 1 and 8, eager fp32 baseline in
-#   loop_gpu.json   the same run, compiled + bf16 with and without CUDA graphs), its raw numbers
+#   loop_gpu.json   the same run, compiled + bf16 with and without CUDA graphs, and with CUDA
+#                   graphs plus per-step oracle tracking), its raw numbers
 #   profile_b1.txt, profile_b8.txt
 #                   the torch profiler's operator tables (by operator, then by operator and input
 #                   shapes) of 3 compiled bf16 steps at batch 1 and 8 (the full traces stay on
@@ -67,9 +68,11 @@ status=0
 elapsed "benchmark: 1024 config-f, batch 8 and 1"
 # compiled-bf16 (without CUDA graphs) is timed too for its profile: a CUDA-graph replay records
 # its kernels but not the input shapes that say which layer a kernel belongs to.
+# compiled-bf16-graphs-tracked adds the oracle's per-step LPIPS(alex) and best-iterate keeping
+# (eval's --track-every 1): its row against compiled-bf16-graphs is the cost of tracking every step.
 PROFILE=$(mktemp -d /tmp/lbrgm-profile.XXXXXX)
 timeout 320 $PY bench/bench_loop.py --device cuda --shapes ffhq1024 --batch-sizes 8,1 \
-    --modes eager-fp32,compiled-bf16,compiled-bf16-graphs --steps 20 --profile "$PROFILE" \
+    --modes eager-fp32,compiled-bf16,compiled-bf16-graphs,compiled-bf16-graphs-tracked --steps 20 --profile "$PROFILE" \
     --out "$OUT/loop_gpu.md" --json "$OUT/loop_gpu.json" || status=1
 for batch in 1 8; do
     cp "$PROFILE/ffhq1024-batch$batch/compiled-bf16/ops.txt" "$OUT/profile_b$batch.txt" || status=1

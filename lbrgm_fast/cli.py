@@ -33,6 +33,8 @@ RETAIN_HOST_MEMORY_HELP = (
 )
 # soft_wrap: a message stays one line (greppable), the terminal wraps it for display.
 stderr = Console(stderr=True, soft_wrap=True)
+PRECISION_HELP = ("fp32 | bf16 | fp16 for the optimisation step (default: bf16 where the GPU or CPU runs it natively — "
+                  "avx512_bf16 or AMX on CPUs — else fp32).")
 BATCH_SIZE_HELP = (
     "Images optimised together: the same results as one by one up to rounding (batched convolutions "
     "sum in another order; the tests bound the difference by 1e-2 on w+, z and the [0, 1] images)."
@@ -161,6 +163,44 @@ class RichReporter:
         self._label = ""
 
 
+class RichJobReporter:
+    """Renders a cluster job's progress (`lbrgm_fast.ray`): one bar of inputs finished, with the
+    failed count, the ETA and each worker's throughput; plain lines when stderr is no terminal."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._progress: Progress | None = None
+        self._task = None
+        self._shown = -1  # inputs finished at the last plain line
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            say("cyan", "note", message)
+
+    def update(self, progress) -> None:  # noqa: ANN001 - lbrgm_fast.progress.JobProgress
+        if self.quiet:
+            return
+        finished = progress.done + progress.failed
+        eta = "" if progress.eta_seconds is None else f", ETA {progress.eta_seconds / 60:.1f} min"
+        rates = " ".join(
+            f"w{w.index}:{'-' if w.images_per_hour is None else f'{w.images_per_hour:.0f}/h'}" for w in progress.workers
+        )
+        line = f"{finished}/{progress.total} images, {progress.failed} failed{eta} | {rates}"
+        if not stderr.is_terminal:
+            if finished != self._shown:
+                stderr.print(escape(line), highlight=False)
+                self._shown = finished
+            return
+        if self._progress is None:
+            self._progress = Progress(TextColumn("[bold]images"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                      TimeElapsedColumn(), console=stderr)
+            self._task = self._progress.add_task("images", total=progress.total, info="")
+            self._progress.start()
+        self._progress.update(self._task, completed=finished, info=f"{progress.failed} failed{eta} | {rates}")  # type: ignore[arg-type]
+        if finished == progress.total:
+            self._progress.stop()
+
+
 def _gib(n: object) -> str:
     return f"{n / 2**30:.2f} GiB" if isinstance(n, int) else "–"
 
@@ -192,7 +232,7 @@ def _summary_table(outcomes: list) -> Table:  # noqa: ANN001
 
 
 #: `run`'s help panels, in the order `--help` shows them.
-TASK, METHOD, EARLY_STOP, SPEED, FILES = "Task", "Method", "Early stopping", "Speed", "Input / output"
+TASK, METHOD, EARLY_STOP, SPEED, FILES, CLUSTER = "Task", "Method", "Early stopping", "Speed", "Input / output", "Cluster"
 
 
 @app.command(cls=FlagCommand)
@@ -225,7 +265,7 @@ def run(
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.", rich_help_panel=SPEED)] = "auto",
     batch_size: Annotated[int, typer.Option(help=BATCH_SIZE_HELP, rich_help_panel=SPEED)] = 1,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the optimisation step with torch.compile (default: on for runs of 500+ steps; the first compile takes minutes on a CPU).", rich_help_panel=SPEED)] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | fp16 for the optimisation step (default: bf16 where the GPU or CPU runs it natively — avx512_bf16 or AMX on CPUs — else fp32).", rich_help_panel=SPEED)] = None,
+    precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP, rich_help_panel=SPEED)] = None,
     cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay the step as a CUDA graph (default: on with CUDA).", rich_help_panel=SPEED)] = None,
     memory_budget: Annotated[float, typer.Option(help="Fraction (0, 1] of the activations the compiled step keeps for its backward pass; lower recomputes the rest (for large --batch-size).", rich_help_panel=SPEED)] = 1.0,
     forward_backend: Annotated[str, typer.Option(help="Candidate scoring and LPIPS monitoring on: auto | torch | onnxruntime | tensorrt (the last two need --engine).", rich_help_panel=SPEED)] = "auto",
@@ -244,18 +284,30 @@ def run(
     frames: Annotated[int, typer.Option(help="Save a progress frame every N steps and a GIF (0: off).", rich_help_panel=FILES)] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.", rich_help_panel=FILES)] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.", rich_help_panel=FILES)] = False,
+    # -- cluster
+    ray: Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster (needs the ray extra): local (start one here) | auto (the one `ray start` made) | ADDRESS. --out must be a folder every node sees.", metavar="WHERE", rich_help_panel=CLUSTER)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="With --ray: workers (default: one per GPU of the cluster, or per CPU without GPUs).", rich_help_panel=CLUSTER)] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option(help="With --ray: GPUs per worker (default 1 on a cluster with GPUs, else 0; 0.5 puts two on a GPU).", rich_help_panel=CLUSTER)] = None,
 ) -> None:
     """Restore images with L-BRGM (or BRGM, or no prior)."""
     from lbrgm_fast.io import json_text
     from lbrgm_fast.job import RunOptions, run_job
 
-    given = locals()  # the parameters above: each one but --align, --face, --quiet and --json is a RunOptions field
+    given = locals()  # the parameters above: each one but --align, --face, --quiet, --json and the cluster's is a RunOptions field
     with user_errors():
         options = RunOptions(**{f.name: given[f.name] for f in fields(RunOptions) if f.name in given})
         if face != "all" and not align:
             raise UserError("--face chooses among the faces --align finds; add --align")
+        if ray is None and (workers is not None or gpus_per_worker is not None):
+            raise UserError("--workers and --gpus-per-worker are for --ray")
         reporter = RichReporter(quiet or json_out)
-        if align:
+        if ray is not None:
+            if align:
+                raise UserError("--align runs on this machine only; align first (`lbrgm-fast align`), then run --ray on the crops")
+            from lbrgm_fast.ray import run_ray_job
+
+            outcomes = run_ray_job(options, ray, workers, gpus_per_worker, RichJobReporter(quiet or json_out))
+        elif align:
             from lbrgm_fast.align.photos import parse_face_choice, run_aligned
 
             outcomes = run_aligned(options, parse_face_choice(face), reporter)
@@ -288,13 +340,14 @@ def eval_command(
     in_range: Annotated[Optional[int], typer.Option(help="Instead of --images: N ground truths made by the generator itself (seeded by --seed).")] = None,
     protocol: Annotated[str, typer.Option(help="paper1024 (Table 2) | paper256 (Table 1) | quick (a small grid).")] = "quick",
     tasks: Annotated[Optional[str], typer.Option(help="Comma-separated inpaint:<mask preset> / superres:<factor> (default: the protocol's).")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated lbrgm, brgm, none (default: the protocol's).")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated lbrgm, brgm, none, or method:preset, e.g. brgm:lbrgm-paper (default: the protocol's).")] = None,
     steps: Annotated[int, typer.Option(help="Adam steps.")] = 2000,
     candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the candidates and --in-range.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images restored together.")] = 1,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Compile the step (default: on for 500+ steps).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help=PRECISION_HELP)] = None,
     vgg16: Annotated[Optional[str], typer.Option(help="torchvision VGG16 weights.")] = None,
     alexnet: Annotated[Optional[str], typer.Option(help="torchvision AlexNet weights.")] = None,
 ) -> None:
@@ -310,7 +363,7 @@ def eval_command(
         if steps < 0 or candidates < 1 or batch_size < 1:
             raise UserError(f"--steps must be >= 0, --candidates and --batch-size >= 1; got {steps}, {candidates}, {batch_size}")
         torch_device = resolve_device(device)
-        step_options = auto_step_options(torch_device, steps=steps, compile=compile)
+        step_options = auto_step_options(torch_device, steps=steps, compile=compile, precision=precision)  # type: ignore[arg-type]
         models = load_models(checkpoint or engine, torch_device, vgg16=vgg16, alexnet=alexnet, monitor="required")  # type: ignore[arg-type]
         resolution = models.generator.img_resolution
         task_list, method_list = ev.resolve_grid(protocol, _names(tasks), _names(methods), resolution)

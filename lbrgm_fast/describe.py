@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from lbrgm_fast.checkpoints import read_checkpoint
 
@@ -52,5 +55,8 @@ def describe_machine() -> dict[str, Any]:
     device = resolve_device("auto")
     cpu = cpu_features()
     precision, why = default_precision(device)
+    # torch's intra-op threads against the CPUs this process may use: fewer threads than CPUs
+    # leave cores idle (set OMP_NUM_THREADS or torch.set_num_threads to change it).
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"device": str(device), "cpu_capability": cpu.capability, "avx512_bf16": cpu.avx512_bf16, "amx": cpu.amx,
-            "step_precision": precision, "why": why}
+            "torch_threads": torch.get_num_threads(), "usable_cpus": usable, "step_precision": precision, "why": why}

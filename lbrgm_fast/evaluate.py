@@ -10,9 +10,16 @@ an interrupted eval continues where it stopped. From all cells come
 * `summary.json` / `summary.md`: per task and method, on the images every method finished,
   the number of images on which the method is best by each metric (ties count for each tied
   method) and each metric's mean ± standard deviation;
-* `figure-<task>.png`: ground truth | observation | one column per method, labelled.
+* `figure-<task>.png`: ground truth | observation | one column per method, labelled, each
+  restoration captioned with its LPIPS(alex) and PSNR;
+* `time_to_quality.json` / `time-to-quality-<task>.png`: per task and method, the mean over
+  images of the oracle's LPIPS(alex) so far (the best of the iterates logged up to a step)
+  against the step and against the seconds per image, so a user sees how many steps a task
+  needs.
 
-Tasks are written `inpaint:<mask preset>` or `superres:<factor>`.
+Tasks are written `inpaint:<mask preset>` or `superres:<factor>`; methods `lbrgm`, `brgm`,
+`none`, or `method:preset` for another of the method's presets (methods.py), e.g.
+`brgm:lbrgm-paper`, the BRGM the L-BRGM paper's tables compare against.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,16 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.io import atomic_write, find_inputs, load_image, save_image, unique_names, write_json
-from lbrgm_fast.methods import METHODS
+from lbrgm_fast.methods import METHODS, parse_method
 from lbrgm_fast.metrics import HIGHER_IS_BETTER, METRICS, ImageMetrics
 from lbrgm_fast.model import Generator
 from lbrgm_fast.operators import Inpainting, Operator, SuperResolution
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
-from lbrgm_fast.plots import labelled_grid
-from lbrgm_fast.reconstruct import Reconstructor
+from lbrgm_fast.plots import labelled_grid, line_chart
+from lbrgm_fast.reconstruct import ReconstructionResult, Reconstructor
 from lbrgm_fast.runtime.engines import ForwardEngine
 from lbrgm_fast.runtime.step import StepOptions
 
@@ -54,16 +63,21 @@ class Protocol:
 
 
 PROTOCOLS: dict[str, Protocol] = {
+    # The papers' tables compare L-BRGM (as its authors ran it) with their copy of BRGM
+    # (REFERENCE §2, §8): hence brgm:lbrgm-paper, not BRGM's own, better-tuned default.
     # Table 2: half mask, eye-patch mask, super-resolution 32 -> 1024 and 64 -> 1024; LPIPS(alex).
-    "paper1024": Protocol(("inpaint:right-half", "inpaint:eyes", "superres:32", "superres:16"), ("lbrgm", "brgm"), 1024),
+    "paper1024": Protocol(("inpaint:right-half", "inpaint:eyes", "superres:32", "superres:16"), ("lbrgm", "brgm:lbrgm-paper"), 1024),
     # Table 1: half mask, super-resolution 64 -> 256; LPIPS(alex) and SSIM.
-    "paper256": Protocol(("inpaint:right-half", "superres:4"), ("lbrgm", "brgm"), 256),
+    "paper256": Protocol(("inpaint:right-half", "superres:4"), ("lbrgm", "brgm:lbrgm-paper"), 256),
     "quick": Protocol(("inpaint:right-half", "inpaint:eyes", "superres:4"), ("lbrgm", "brgm", "none"), None),
 }
 #: Added to --seed for the in-range ground truths' z, so that they are not the candidates' draws.
 IN_RANGE_SEED_OFFSET = 2_000_003
 #: Images per task figure (the first ones every method finished).
 FIGURE_ROWS = 8
+#: A method "has converged" at the first logged step whose mean LPIPS(alex) so far is within
+#: this fraction of its final value (summary.md's time-to-quality table).
+CONVERGED_WITHIN = 0.02
 CSV_FIELDS = ("image", "task", "method", "status", "best_step", "seconds", *METRICS, *(f"hole_{m}" for m in METRICS), "message")
 
 
@@ -98,9 +112,10 @@ def resolve_grid(protocol: str, tasks: Sequence[str] | None, methods: Sequence[s
     tasks, methods = list(tasks or p.tasks), list(methods or p.methods)
     for task in tasks:
         task_operator(task, resolution)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods or not tasks:
-        raise UserError(f"give at least one task and method; methods are {', '.join(METHODS)}" + (f" (got {', '.join(unknown)})" if unknown else ""))
+    if not methods or not tasks:
+        raise UserError(f"give at least one task and method; methods are {', '.join(METHODS)} (or method:preset)")
+    for method in methods:
+        parse_method(method)
     return tasks, methods
 
 
@@ -159,7 +174,7 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def _cell_path(out: Path, task: str, method: str, image: str, suffix: str) -> Path:
-    return out / "cells" / task.replace(":", "-") / method / f"{image}{suffix}"
+    return out / "cells" / task.replace(":", "-") / method.replace(":", "-") / f"{image}{suffix}"
 
 
 def failed_row(image: str, task: str, method: str, message: str) -> dict:
@@ -196,7 +211,7 @@ def evaluate(
         generator, perceptual, monitor: The networks (`loading.load_models`); the monitor is
             the oracle's LPIPS(alex) and the metric's.
         targets: Clean images [3, R, R] in [0, 1], R the generator's resolution.
-        tasks, methods: As `resolve_grid` returns them.
+        tasks, methods: As `resolve_grid` returns them (methods "name" or "name:preset").
         out: Where cells, results and figures go (made if missing).
         steps, candidates, seed, batch_size: As `lbrgm-fast run` (seed: every image's).
         step_options: How the step runs (default eager float32).
@@ -215,7 +230,8 @@ def evaluate(
         operator = task_operator(task, resolution)
         missing = 1 - operator.mask if isinstance(operator, Inpainting) else None
         for method in methods:
-            rec = Reconstructor(generator, perceptual, method=method, steps=steps, candidates=candidates,
+            name, preset = parse_method(method)
+            rec = Reconstructor(generator, perceptual, method=name, preset=preset, steps=steps, candidates=candidates,
                                 monitor=monitor, early_stop="oracle", step_options=step_options, engine=engine)
             todo = []
             for t in targets:
@@ -247,10 +263,12 @@ def _run_cells(rec: Reconstructor, operator: Operator, missing: torch.Tensor | N
     result = rec.run(observation, operator, ground_truth=truth, seed=seed)
     seconds = (time.perf_counter() - started) / len(batch)
     scores = metrics(result.images.to(rec.device), truth.to(rec.device), missing)
+    curves = _oracle_curves(result, rec.steps)
     rows = []
     for i, t in enumerate(batch):
         row = {"image": t.name, "task": task, "method": method, "status": "done", "best_step": result.best_step[i],
-               "seconds": seconds, **{name: float(v[i]) for name, v in scores.items()}, "message": result.stopped[i] or ""}
+               "seconds": seconds, **{name: float(v[i]) for name, v in scores.items()}, "message": result.stopped[i] or "",
+               "curve": curves[i]}
         save_image(_cell_path(out, task, method, t.name, ".png"), result.images[i])
         save_image(_cell_path(out, task, "observation", t.name, ".png"), _observation_view(observation[i], truth.shape[-1]))
         write_json(_cell_path(out, task, method, t.name, ".json"), row)  # last: its presence means "done"
@@ -258,8 +276,41 @@ def _run_cells(rec: Reconstructor, operator: Operator, missing: torch.Tensor | N
     return rows
 
 
+def _oracle_curves(result: ReconstructionResult, steps: int) -> list[dict]:
+    """Per image of a batch: {"step": [T], "seconds": [T], "lpips_alex": [T]}, the oracle's
+    LPIPS(alex) so far (the best of the logged iterates up to each step; nan until a finite
+    one) and the seconds per image spent by then.
+
+    Seconds at step k: setup, candidates and compilation, then the rest of the loop's time in
+    proportion to k (its steps take alike), all divided by the batch's images.
+    """
+    logged = result.history["step"].astype(np.float64)
+    so_far = np.fmin.accumulate(result.history["score"].astype(np.float64), axis=0)  # [T, B]; fmin skips nan
+    phase = result.timings["seconds"]
+    assert isinstance(phase, dict)
+    start = phase.get("setup", 0.0) + phase.get("candidates", 0.0) + phase.get("compile", 0.0)
+    loop = phase.get("optimise", 0.0) - phase.get("compile", 0.0)
+    seconds = (start + loop * logged / max(steps, 1)) / so_far.shape[1]
+    return [{"step": logged.astype(int).tolist(), "seconds": seconds.round(4).tolist(),
+             "lpips_alex": [None if not math.isfinite(v) else round(float(v), 6) for v in so_far[:, i]]}
+            for i in range(so_far.shape[1])]
+
+
 # ---------------------------------------------------------------------------------------------
 # Summaries
+
+
+def _comparable(rows: Sequence[dict]) -> dict[str, tuple[list[str], list[str], dict[tuple[str, str], dict]]]:
+    """Per task (in order of appearance): its methods, the images every one of them finished,
+    and the done rows by (image, method)."""
+    done = [r for r in rows if r.get("status") == "done"]
+    grid = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["task"] == task))
+        table = {(r["image"], r["method"]): r for r in done if r["task"] == task}
+        images = [i for i in dict.fromkeys(r["image"] for r in rows if r["task"] == task) if all((i, m) in table for m in methods)]
+        grid[task] = (methods, images, table)
+    return grid
 
 
 def summarise(rows: Sequence[dict]) -> dict:
@@ -271,11 +322,7 @@ def summarise(rows: Sequence[dict]) -> dict:
     deviation (0 for one image). Metrics a task lacks (hole_* for super-resolution) are left out.
     """
     summary: dict = {}
-    done = [r for r in rows if r.get("status") == "done"]
-    for task in dict.fromkeys(r["task"] for r in rows):
-        methods = list(dict.fromkeys(r["method"] for r in rows if r["task"] == task))
-        table = {(r["image"], r["method"]): r for r in done if r["task"] == task}
-        images = [i for i in dict.fromkeys(r["image"] for r in rows if r["task"] == task) if all((i, m) in table for m in methods)]
+    for task, (methods, images, table) in _comparable(rows).items():
         names = [n for n in CSV_FIELDS if n.removeprefix("hole_") in METRICS and images and table[images[0], methods[0]].get(n) is not None]
         summary[task] = {m: {"images": len(images), "wins": {}, "mean": {}, "std": {}} for m in methods}
         for name in names:
@@ -290,8 +337,34 @@ def summarise(rows: Sequence[dict]) -> dict:
     return summary
 
 
-def summary_markdown(summary: dict) -> str:
-    """`summary` as one Markdown table per task: per method and metric, "wins · mean ± std"."""
+def time_to_quality(rows: Sequence[dict]) -> dict:
+    """Per task and method: {"images", "step": [T], "seconds": [T], "lpips_alex": [T],
+    "converged_step", "converged_seconds"}: the means over the images every method finished
+    (and that hold a curve of the same logged steps) of their oracle curves (`_oracle_curves`),
+    and the first logged step at which the mean is within `CONVERGED_WITHIN` of its final value."""
+    result: dict = {}
+    for task, (methods, images, table) in _comparable(rows).items():
+        curves = {m: [table[i, m]["curve"] for i in images if table[i, m].get("curve")] for m in methods}
+        if not all(curves.values()):
+            continue
+        steps = next(iter(curves.values()))[0]["step"]
+        result[task] = {}
+        for method, found in curves.items():
+            same = [c for c in found if c["step"] == steps]
+            lpips = np.array([[np.nan if v is None else v for v in c["lpips_alex"]] for c in same], dtype=np.float64)
+            mean = np.nanmean(lpips, axis=0) if np.isfinite(lpips).any(axis=0).all() else np.full(len(steps), np.nan)
+            seconds = np.mean([c["seconds"] for c in same], axis=0)
+            within = np.flatnonzero(mean <= mean[-1] * (1 + CONVERGED_WITHIN)) if np.isfinite(mean[-1]) else np.array([], int)
+            first = int(within[0]) if len(within) else len(steps) - 1
+            result[task][method] = {"images": len(same), "step": steps, "seconds": seconds.round(4).tolist(),
+                                    "lpips_alex": [None if not math.isfinite(v) else round(float(v), 6) for v in mean],
+                                    "converged_step": steps[first], "converged_seconds": round(float(seconds[first]), 4)}
+    return result
+
+
+def summary_markdown(summary: dict, curves: dict | None = None) -> str:
+    """`summary` as one Markdown table per task: per method and metric, "wins · mean ± std";
+    with `curves` (`time_to_quality`), a table of when each method's mean LPIPS(alex) settled."""
     lines = ["# lbrgm-fast eval", "", "Per task: wins (images on which the method is best) · mean ± std over the images every method finished.", ""]
     for task, methods in summary.items():
         names = list(next(iter(methods.values()))["mean"])
@@ -300,19 +373,30 @@ def summary_markdown(summary: dict) -> str:
             cells = [f"{s['wins'][n]} · {s['mean'][n]:.4g} ± {s['std'][n]:.2g}" for n in names]
             lines.append(f"| {method} | {s['images']} | " + " | ".join(cells) + " |")
         lines.append("")
+        if curves and task in curves:
+            lines += [f"Time to quality (oracle LPIPS(alex) so far, mean; settled: within {CONVERGED_WITHIN:.0%} of its last value):", "",
+                      "| method | at start | at 1/4 | at 1/2 | last | settled at step | seconds per image then |", "|---|---:|---:|---:|---:|---:|---:|"]
+            for method, c in curves[task].items():
+                values, n = c["lpips_alex"], len(c["step"])
+                at = [values[0], values[(n - 1) // 4], values[(n - 1) // 2], values[-1]]
+                cells = ["–" if v is None else f"{v:.4g}" for v in at]
+                lines.append(f"| {method} | " + " | ".join(cells) + f" | {c['converged_step']} | {c['converged_seconds']:.3g} |")
+            lines.append("")
     return "\n".join(lines)
 
 
 def write_results(rows: Sequence[dict], out: Path) -> dict:
-    """results.csv, summary.json and summary.md in `out`, atomically; returns the summary."""
+    """results.csv, summary.json, time_to_quality.json and summary.md in `out`, atomically;
+    returns the summary."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(out / "results.csv", lambda f: f.write(text.getvalue().encode()))
-    summary = summarise(rows)
+    summary, curves = summarise(rows), time_to_quality(rows)
     write_json(out / "summary.json", summary)
-    atomic_write(out / "summary.md", lambda f: f.write(summary_markdown(summary).encode()))
+    write_json(out / "time_to_quality.json", curves)
+    atomic_write(out / "summary.md", lambda f: f.write(summary_markdown(summary, curves).encode()))
     return summary
 
 
@@ -321,18 +405,30 @@ def write_results(rows: Sequence[dict], out: Path) -> dict:
 
 
 def write_figures(rows: Sequence[dict], targets: Sequence[Target], out: Path) -> list[Path]:
-    """figure-<task>.png per task: ground truth | observation | each method, for the first
-    `FIGURE_ROWS` images every method finished (read back from the stored cells)."""
+    """Per task: figure-<task>.png, ground truth | observation | each method (captioned with
+    its LPIPS(alex) and PSNR) for the first `FIGURE_ROWS` images every method finished (read
+    back from the stored cells); and time-to-quality-<task>.png, `time_to_quality`'s curves
+    against steps and against seconds per image."""
     truths = {t.name: t.image for t in targets}
     written = []
-    for task, methods in summarise(rows).items():
-        done = {(r["image"], r["method"]) for r in rows if r["task"] == task and r.get("status") == "done"}
-        images = [n for n in truths if all((n, m) in done for m in methods)][:FIGURE_ROWS]
+    for task, (methods, finished, table) in _comparable(rows).items():
+        images = [n for n in truths if n in finished][:FIGURE_ROWS]
         if not images:
             continue
         panels = [[truths[n], *(load_image(_cell_path(out, task, m, n, ".png"))[0] for m in ("observation", *methods))] for n in images]
+        captions = [["", "", *(f"{table[n, m]['lpips_alex']:.3f} {table[n, m]['psnr']:.1f}dB" for m in methods)] for n in images]
+        figure = labelled_grid(panels, ["ground truth", "observation", *methods], captions)
         path = out / f"figure-{task.replace(':', '-')}.png"
-        figure = labelled_grid(panels, ["ground truth", "observation", *methods])
         atomic_write(path, lambda f: figure.save(f, format="PNG"))
+        written.append(path)
+    for task, curves in time_to_quality(rows).items():
+        lpips = {m: np.array([np.nan if v is None else v for v in c["lpips_alex"]]) for m, c in curves.items()}
+        by_step = line_chart({m: (np.array(c["step"]), lpips[m]) for m, c in curves.items()}, "step", "LPIPS", f"{task}: oracle LPIPS(alex) so far, mean")
+        by_time = line_chart({m: (np.array(c["seconds"]), lpips[m]) for m, c in curves.items()}, "seconds per image", "LPIPS", "the same against time")
+        chart = Image.new("RGB", (by_step.width + by_time.width, by_step.height), "white")
+        chart.paste(by_step, (0, 0))
+        chart.paste(by_time, (by_step.width, 0))
+        path = out / f"time-to-quality-{task.replace(':', '-')}.png"
+        atomic_write(path, lambda f: chart.save(f, format="PNG"))
         written.append(path)
     return written

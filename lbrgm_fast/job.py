@@ -34,7 +34,7 @@ from lbrgm_fast.runtime import Profiler, resolve_device
 from lbrgm_fast.runtime import reproducibility
 from lbrgm_fast.runtime.devices import cpu_features
 from lbrgm_fast.runtime.host_memory import retained_host_memory
-from lbrgm_fast.runtime.step import auto_step_options, default_precision
+from lbrgm_fast.runtime.step import StepOptions, auto_step_options, default_precision
 from lbrgm_fast.state import ReconstructionState
 
 Task = Literal["inpaint", "superres", "project"]
@@ -208,6 +208,38 @@ def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: Inp
 # Writing results
 
 
+def input_metrics(
+    result: ReconstructionResult,
+    index: int,
+    ground_truth: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    lpips: LpipsAlex | None,
+    restarts: int,
+) -> dict[str, float | int | None]:
+    """Sample `index`'s metrics (report.json's): its best step, kept restart and final loss
+    terms, and with a ground truth [3, H, W] its PSNR (in the missing region too, for a mask
+    [1, H, W]) and LPIPS(alex) when the monitor is loaded."""
+    restored = result.images[index]
+    history = result.history
+    metrics: dict[str, float | int | None] = {
+        "best_step": result.best_step[index],
+        **({"restart": result.restart[index]} if restarts > 1 else {}),
+        **{f"final_{k}": float(history[k][-1, index] if history[k].ndim == 2 else history[k][-1])
+           for k in TERM_NAMES if k in history and len(history[k])},
+    }
+    if ground_truth is not None:
+        squared = (restored.float() - ground_truth.float()).square()[None]  # [1, 3, H, W]
+        metrics["psnr"] = float(psnr_from_mse(squared.mean()))
+        if mask is not None:
+            metrics["psnr_missing_region"] = float(psnr_from_mse(masked_mean(squared, (1 - mask)[None])[0]))
+        if lpips is not None:
+            # The monitor lives on the run's device; the restored image is already on the host.
+            device = next(lpips.parameters()).device
+            with torch.no_grad():
+                metrics["lpips_alex"] = float(lpips((restored[None] * 2 - 1).to(device), (ground_truth[None] * 2 - 1).to(device))[0])
+    return metrics
+
+
 def write_outputs(
     prepared: PreparedInput,
     index: int,
@@ -235,22 +267,7 @@ def write_outputs(
     if len(history["step"]):
         curves = {k: history[k] for k in (*TERM_NAMES, "score") if k in history and np.any(history[k] != 0)}
         plot_curves(history["step"], curves, folder / "curves.png")
-    metrics: dict[str, float | int | None] = {
-        "best_step": result.best_step[index],
-        **({"restart": result.restart[index]} if len(result.restart_scores[index]) > 1 else {}),
-        **{f"final_{k}": float(history[k][-1]) for k in TERM_NAMES if k in history and len(history[k])},
-    }
-    if prepared.ground_truth is not None:
-        gt = prepared.ground_truth
-        squared = (restored.float() - gt.float()).square()[None]  # [1, 3, H, W]
-        metrics["psnr"] = float(psnr_from_mse(squared.mean()))
-        if mask is not None:
-            metrics["psnr_missing_region"] = float(psnr_from_mse(masked_mean(squared, (1 - mask)[None])[0]))
-        if lpips is not None:
-            # The monitor lives on the run's device; the restored image is already on the host.
-            device = next(lpips.parameters()).device
-            with torch.no_grad():
-                metrics["lpips_alex"] = float(lpips((restored[None] * 2 - 1).to(device), (gt[None] * 2 - 1).to(device))[0])
+    metrics = input_metrics(result, index, prepared.ground_truth, mask, lpips, len(result.restart_scores[index]))
     prepared.outcome.metrics = metrics
     prepared.outcome.timings = result.timings
     report = {
@@ -337,21 +354,13 @@ def load_models(options: RunOptions, device: torch.device, need_monitor: bool, r
     )
 
 
-def run_job(
-    options: RunOptions,
-    reporter: Reporter | None = None,
-    models: Models | None = None,
-) -> list[InputOutcome]:
-    """Restore every input of `options`; returns one outcome per input (never raises for a bad input).
-
-    Raises UserError only for problems that concern the whole job (no checkpoint, bad options).
-    """
-    reporter = reporter or SilentReporter()
+def check_options(options: RunOptions) -> None:
+    """Raise UserError for option problems that concern the whole job, before any (slow) model
+    loading and without touching a device (a cluster's driver checks them too)."""
     if options.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     if options.task not in ("inpaint", "superres", "project"):
         raise UserError(f"unknown task {options.task!r}; choose inpaint, superres or project")
-    # Whole-job option problems fail here, before the (slow) model loading, not once per input.
     if options.degrade and options.task == "superres" and options.factor is None:
         raise UserError("--degrade with --task superres needs --factor")
     if options.ground_truth and not Path(options.ground_truth).exists():
@@ -367,15 +376,12 @@ def run_job(
     for flag, folder in (("--out", options.out), ("--profile", options.profile)):
         if folder is not None and folder.exists() and not folder.is_dir():
             raise UserError(f"{flag} {folder} is a file; give a folder (it is made if missing)")
-    device = resolve_device(options.device)
+
+
+def step_options_for(options: RunOptions, device: torch.device, reporter: Reporter) -> StepOptions:
+    """The step's settings on `device` (raises UserError for a bad combination), with the notes
+    they call for (slow emulated precision, a profile that records nothing)."""
     reproducibility.check(options.deterministic, device)
-    paths, problems = find_inputs(options.inputs)
-    outcomes = [InputOutcome(name=name, source=name, status="failed", message=problem) for name, problem in problems]
-    if not paths:
-        if not outcomes:
-            raise UserError("no inputs given")
-        return outcomes
-    # Checked before the (slow) model loading, so that a bad combination fails at once.
     step_options = auto_step_options(
         device, steps=options.steps, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs,  # type: ignore[arg-type]
         memory_budget=options.memory_budget,
@@ -387,73 +393,132 @@ def run_job(
     if options.profile is not None and options.steps <= step_options.warmup_calls:
         reporter.note(f"--profile records steps after the first {step_options.warmup_calls} (compilation); "
                       f"a run of {options.steps} steps writes no trace")
+    return step_options
+
+
+def select_inputs(options: RunOptions) -> tuple[list[InputOutcome], list[InputOutcome]]:
+    """(every input's outcome in order, the ones to restore). Inputs that cannot be found fail,
+    inputs whose folder holds a result (or, without --resume, an interrupted run) are skipped;
+    the rest are returned a second time, still to do, each with its folder under --out."""
+    paths, problems = find_inputs(options.inputs)
+    outcomes = [InputOutcome(name=name, source=name, status="failed", message=problem) for name, problem in problems]
+    if not paths and not outcomes:
+        raise UserError("no inputs given")
+    pending: list[InputOutcome] = []
+    for path, name in zip(paths, unique_names(paths)):
+        outcome = InputOutcome(name=name, source=str(path), folder=options.out / name)
+        outcomes.append(outcome)
+        if (outcome.folder / "report.json").exists() and not options.overwrite:  # type: ignore[operator]
+            outcome.status, outcome.message = "skipped", f"{outcome.folder} already holds a result (use --overwrite to replace it)"
+        elif (outcome.folder / STATE_FILE).exists() and not (options.resume or options.overwrite):  # type: ignore[operator]
+            outcome.status = "skipped"
+            outcome.message = f"{outcome.folder} holds an interrupted run (use --resume to continue it or --overwrite to restart)"
+        else:
+            pending.append(outcome)
+    return outcomes, pending
+
+
+class JobWorker:
+    """Restores inputs of one job with its models loaded once: `restore` takes inputs batch
+    after batch and keeps one Reconstructor per kind of batch (with / without ground truth), so
+    the compiled step and BRGM's prior statistics are reused. `run_job` uses one for the whole
+    job; each worker of a cluster job (`lbrgm_fast.ray`) keeps one for its batches."""
+
+    def __init__(self, options: RunOptions, models: Models, step_options: StepOptions, profiler: Profiler, reporter: Reporter | None = None) -> None:
+        self.options, self.models, self.step_options, self.profiler = options, models, step_options, profiler
+        self.reporter = reporter or SilentReporter()
+        self.resolution = models.generator.img_resolution
+        self.shared_operator = None if options.task == "superres" else build_operator(options, self.resolution, None)
+        self.mask = self.shared_operator.mask.cpu() if isinstance(self.shared_operator, Inpainting) else None
+        self.reconstructors: dict[bool, Reconstructor] = {}
+
+    def restore(self, inputs: Sequence[InputOutcome], resume: bool | None = None) -> None:
+        """Restore `inputs` (from `select_inputs`), filling in each one's outcome; a bad input
+        fails alone. `resume` (default: --resume) continues inputs from their saved state."""
+        options = self.options
+        resume = options.resume if resume is None else resume
+        prepared: list[PreparedInput] = []
+        for outcome in inputs:
+            assert outcome.folder is not None
+            try:
+                with self.profiler.phase("io"):
+                    item = prepare_input(Path(outcome.source), options, self.resolution, outcome, self.mask)
+                    if resume:
+                        item.saved_state = _load_state(outcome.folder / STATE_FILE)
+                        saved_rows = None if item.saved_state is None else item.saved_state.w_plus.shape[0]
+                        if saved_rows not in (None, options.samples or options.restarts):
+                            raise UserError(f"{outcome.folder} was interrupted with {saved_rows} restarts or samples; "
+                                            "resume it with the same --restarts / --samples (or use --overwrite)")
+                    prepared.append(item)
+            except UserError as exc:
+                outcome.status, outcome.message = "failed", str(exc)
+        # Batches share one operator: group super-resolution inputs by factor, resumed ones by step.
+        groups: dict[tuple[int | None, int], list[PreparedInput]] = {}
+        for p in prepared:
+            groups.setdefault((p.factor, 0 if p.saved_state is None else p.saved_state.step), []).append(p)
+        for (factor, _), members in groups.items():
+            operator = self.shared_operator or build_operator(options, self.resolution, factor)
+            for start in range(0, len(members), options.batch_size):
+                batch = members[start : start + options.batch_size]
+                rec = self.reconstructor(all(p.ground_truth is not None for p in batch))
+                _run_batch(batch, operator, options, rec, self.models, self.reporter, self.profiler)
+
+    def reconstructor(self, has_gt: bool) -> Reconstructor:
+        """The Reconstructor for batches with (`has_gt`) or without ground truth, made once."""
+        if has_gt not in self.reconstructors:
+            options = self.options
+            self.reconstructors[has_gt] = Reconstructor(
+                self.models.generator,
+                self.models.perceptual,
+                method=options.method,
+                preset=options.preset,
+                steps=options.steps,
+                candidates=options.candidates,
+                log_every=options.log_every,
+                track_every=options.track_every,
+                early_stop=options.early_stop,  # type: ignore[arg-type]
+                monitor=self.models.monitor if has_gt else None,
+                step_options=self.step_options,
+                # One trace per worker: the first batch's (a second kind would overwrite it).
+                profile_dir=options.profile if not self.reconstructors else None,
+                engine=self.models.engine,
+                profiler=self.profiler,
+                deterministic=options.deterministic,
+            )
+        return self.reconstructors[has_gt]
+
+
+def load_worker(options: RunOptions, device: torch.device, reporter: Reporter | None = None, models: Models | None = None) -> JobWorker:
+    """A `JobWorker` for `options` on `device`: the step's settings, then the models (timed as
+    the job's "load" phase, which report.json gives)."""
+    reporter = reporter or SilentReporter()
+    step_options = step_options_for(options, device, reporter)  # before the (slow) loading: a bad combination fails at once
     profiler = Profiler(device)
     with profiler.phase("load"):
         models = models or load_models(options, device, needs_monitor(options), reporter)
     for n in models.notes:
         reporter.note(n)
-    resolution = models.generator.img_resolution
-    shared_operator = None if options.task == "superres" else build_operator(options, resolution, None)
-    mask = shared_operator.mask.cpu() if isinstance(shared_operator, Inpainting) else None
+    return JobWorker(options, models, step_options, profiler, reporter)
 
-    prepared: list[PreparedInput] = []
-    for path, name in zip(paths, unique_names(paths)):
-        outcome = InputOutcome(name=name, source=str(path), folder=options.out / name)
-        outcomes.append(outcome)
-        assert outcome.folder is not None
-        if (outcome.folder / "report.json").exists() and not options.overwrite:
-            outcome.status, outcome.message = "skipped", f"{outcome.folder} already holds a result (use --overwrite to replace it)"
-            continue
-        if (outcome.folder / STATE_FILE).exists() and not (options.resume or options.overwrite):
-            outcome.status = "skipped"
-            outcome.message = f"{outcome.folder} holds an interrupted run (use --resume to continue it or --overwrite to restart)"
-            continue
-        try:
-            with profiler.phase("io"):
-                item = prepare_input(path, options, resolution, outcome, mask)
-                if options.resume:
-                    item.saved_state = _load_state(outcome.folder / STATE_FILE)
-                    saved_rows = None if item.saved_state is None else item.saved_state.w_plus.shape[0]
-                    if saved_rows not in (None, options.samples or options.restarts):
-                        raise UserError(f"{outcome.folder} was interrupted with {saved_rows} restarts or samples; "
-                                        "resume it with the same --restarts / --samples (or use --overwrite)")
-                prepared.append(item)
-        except UserError as exc:
-            outcome.status, outcome.message = "failed", str(exc)
 
-    # Batches share one operator: group super-resolution inputs by factor, resumed ones by step.
-    groups: dict[tuple[int | None, int], list[PreparedInput]] = {}
-    for p in prepared:
-        groups.setdefault((p.factor, 0 if p.saved_state is None else p.saved_state.step), []).append(p)
-    # One Reconstructor per kind of batch (with / without ground truth), kept for the whole job:
-    # it reuses its compiled step and BRGM's prior statistics from one batch to the next.
-    reconstructors: dict[bool, Reconstructor] = {}
+def run_job(
+    options: RunOptions,
+    reporter: Reporter | None = None,
+    models: Models | None = None,
+) -> list[InputOutcome]:
+    """Restore every input of `options`; returns one outcome per input (never raises for a bad input).
+
+    Raises UserError only for problems that concern the whole job (no checkpoint, bad options).
+    """
+    check_options(options)
+    device = resolve_device(options.device)
+    reproducibility.check(options.deterministic, device)
+    outcomes, pending = select_inputs(options)
+    if not pending and len(outcomes) == sum(o.status == "failed" for o in outcomes):
+        return outcomes  # nothing found to restore: no model loading
+    worker = load_worker(options, device, reporter, models)
     with retained_host_memory(enabled=options.retain_host_memory and device.type == "cpu"):
-        for (factor, _), members in groups.items():
-            operator = shared_operator or build_operator(options, resolution, factor)
-            for start in range(0, len(members), options.batch_size):
-                batch = members[start : start + options.batch_size]
-                has_gt = all(p.ground_truth is not None for p in batch)
-                if has_gt not in reconstructors:
-                    reconstructors[has_gt] = Reconstructor(
-                        models.generator,
-                        models.perceptual,
-                        method=options.method,
-                        preset=options.preset,
-                        steps=options.steps,
-                        candidates=options.candidates,
-                        log_every=options.log_every,
-                        track_every=options.track_every,
-                        early_stop=options.early_stop,  # type: ignore[arg-type]
-                        monitor=models.monitor if has_gt else None,
-                        step_options=step_options,
-                        # One trace per job: the first batch's (a second kind would overwrite it).
-                        profile_dir=options.profile if not reconstructors else None,
-                        engine=models.engine,
-                        profiler=profiler,
-                        deterministic=options.deterministic,
-                    )
-                _run_batch(batch, operator, options, reconstructors[has_gt], models, reporter, profiler)
+        worker.restore(pending)
     return outcomes
 
 
@@ -545,4 +610,4 @@ def _write_frames(folder: Path, frames: list[torch.Tensor]) -> None:
     atomic_write(folder / "progress.gif", lambda f: pictures[0].save(f, format="GIF", save_all=True, append_images=pictures[1:], duration=100, loop=0))
 
 
-__all__ = ["InputOutcome", "Models", "Reporter", "RunOptions", "SilentReporter", "load_models", "run_job"]
+__all__ = ["InputOutcome", "JobWorker", "Models", "Reporter", "RunOptions", "SilentReporter", "check_options", "load_models", "load_worker", "run_job", "select_inputs"]

@@ -116,6 +116,14 @@ def resolve_preset(method: str, preset: str | None) -> str:
     return preset
 
 
+def parse_method(spec: str) -> tuple[str, str | None]:
+    """"method" or "method:preset" (e.g. "brgm:lbrgm-paper", as `eval --methods` takes them)
+    -> (method, preset or None for the default); UserError for unknown names."""
+    method, _, preset = spec.partition(":")
+    resolve_preset(method, preset or None)
+    return method, preset or None
+
+
 def method_settings(method: str = "lbrgm", preset: str | None = None, superres_factor: int | None = None) -> MethodSettings:
     """The settings of `method` under `preset` (None: the method's default, `PRESETS`).
 

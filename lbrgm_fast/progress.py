@@ -10,7 +10,7 @@ sample has stopped (non-finite loss) runs one interval more before the loop lear
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -92,3 +92,40 @@ class Reports:
                 )
             )
         return bool(read.alive.any())
+
+
+@dataclass
+class WorkerProgress:
+    """One worker of a cluster job (`lbrgm_fast.ray`): where it runs and what it has done."""
+
+    index: int
+    pid: int | None  # its process (None until it has answered; changes when Ray restarts it)
+    host: str
+    images: int = 0  # inputs it has finished (done or failed)
+    batches: int = 0  # batches it has finished
+    busy_seconds: float = 0.0  # its finished batches, from given out to answer received (the driver's clock)
+    #: The part of `busy_seconds` spent inside the worker (restoring, reading, writing); the rest
+    #: is Ray's: scheduling, moving the batch's input list and outcomes between processes.
+    compute_seconds: float = 0.0
+    running: list[str] = field(default_factory=list)  # names of the batch it is restoring now
+
+    @property
+    def images_per_hour(self) -> float | None:
+        return None if not self.images or self.busy_seconds <= 0 else 3600 * self.images / self.busy_seconds
+
+
+@dataclass
+class JobProgress:
+    """A whole job across its workers: inputs finished out of `total`, and each worker's share."""
+
+    total: int
+    done: int
+    failed: int
+    elapsed: float  # seconds since the workers started
+    workers: list[WorkerProgress]
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the job's rate so far (None before the first input finishes)."""
+        finished = self.done + self.failed
+        return None if not finished else self.elapsed / finished * (self.total - finished)

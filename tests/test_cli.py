@@ -238,16 +238,17 @@ def test_bench_bad_options_are_one_line_exit_2(args: list[str], message: str) ->
 
 
 def test_every_run_option_reaches_run_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every `run` option but --quiet / --json (output) and --align / --face (they choose the
-    # photo layer around the job, align/photos.py) reaches RunOptions under its own name,
-    # without a hand-written copy of each: a new option needs only its parameter and its field.
+    # Every `run` option but --quiet / --json (output), --align / --face (they choose the
+    # photo layer around the job, align/photos.py) and --ray / --workers / --gpus-per-worker (the
+    # cluster around it, lbrgm_fast/ray.py) reaches RunOptions under its own name, without a
+    # hand-written copy of each: a new option needs only its parameter and its field.
     import inspect
     from dataclasses import fields
 
     from lbrgm_fast import cli
     from lbrgm_fast.job import RunOptions
 
-    parameters = set(inspect.signature(cli.run).parameters) - {"quiet", "json_out", "align", "face"}
+    parameters = set(inspect.signature(cli.run).parameters) - {"quiet", "json_out", "align", "face", "ray", "workers", "gpus_per_worker"}
     assert parameters <= {f.name for f in fields(RunOptions)}
     seen: list = []
     monkeypatch.setattr("lbrgm_fast.job.run_job", lambda options, reporter: seen.append(options) or [])
@@ -257,10 +258,23 @@ def test_every_run_option_reaches_run_options(monkeypatch: pytest.MonkeyPatch) -
     assert seen == [RunOptions(inputs=["x.png"], mask_preset="eyes", steps=7, compile=False, batch_size=3, retain_host_memory=True)]
 
 
+def test_run_ray_without_ray_installed_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray is an optional extra: without it `run --ray` says how to get it; nothing else needs it.
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
+    monkeypatch.delitem(sys.modules, "lbrgm_fast.ray", raising=False)
+    result = invoke("run", "x.png", "--mask-preset", "eyes", "--ray", "local")
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert 'pip install "lbrgm-fast[ray]"' in result.output
+    alone = invoke("run", "x.png", "--mask-preset", "eyes", "--workers", "2")
+    assert alone.exit_code == 2 and "--workers and --gpus-per-worker are for --ray" in alone.output
+
+
 def test_help_groups_run_options_and_shows_no_type_for_flags() -> None:
     result = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for panel in ("Task", "Method", "Early stopping", "Speed", "Input / output"):
+    for panel in ("Task", "Method", "Early stopping", "Speed", "Input / output", "Cluster"):
         assert f"─ {panel} ─" in result.output
     assert "<bool>" not in result.output and "<int>" in result.output
     assert "<bool>" not in runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
@@ -404,6 +418,17 @@ def test_progress_rate_is_the_steady_rate_after_compilation(monkeypatch: pytest.
         reporter.progress(ProgressReport(step=step, steps=20, terms={"total": [1.0], "pixel": [2.0]}, score=None, best_step=[step]))
     reporter.batch_finished()
     assert "face: step 20/20 loss 1 pix 2 2.00 steps/s" in capsys.readouterr().err
+
+
+def test_cluster_progress_line(capsys: pytest.CaptureFixture) -> None:
+    # `run --ray`: images finished, failed, the ETA at the job's rate so far and each worker's
+    # images per hour from its busy time (here 3 of 8 finished in 60 s: 100 s left).
+    from lbrgm_fast.cli import RichJobReporter
+    from lbrgm_fast.progress import JobProgress, WorkerProgress
+
+    workers = [WorkerProgress(0, 11, "a", images=2, busy_seconds=36.0), WorkerProgress(1, 12, "b", running=["x"])]
+    RichJobReporter(quiet=False).update(JobProgress(total=8, done=2, failed=1, elapsed=60.0, workers=workers))
+    assert "3/8 images, 1 failed, ETA 1.7 min | w0:200/h w1:-" in capsys.readouterr().err
 
 
 

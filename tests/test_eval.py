@@ -92,6 +92,36 @@ def test_summary_counts_wins_and_means_on_a_hand_made_table() -> None:
     assert "## inpaint:eyes" in text and "| lbrgm | 2 | " in text and "2 · 0.3 ± 0.14" in text
 
 
+def test_time_to_quality_averages_curves_on_a_hand_made_table() -> None:
+    """Means of the oracle curves over the images every method finished, and the first logged
+    step within 2 % of the last mean."""
+    def with_curve(image: str, method: str, lpips: list) -> dict:
+        return {**row(image, method, lpips[-1], 0.5), "curve": {"step": [0, 10, 20, 30], "seconds": [1.0, 2.0, 3.0, 4.0], "lpips_alex": lpips}}
+
+    rows = [
+        with_curve("a", "lbrgm", [0.5, 0.3, 0.2, 0.2]), with_curve("b", "lbrgm", [0.7, 0.5, 0.206, 0.2]),
+        with_curve("a", "none", [None, 0.4, 0.3, 0.1]), with_curve("b", "none", [0.6, 0.4, 0.3, 0.1]),
+        with_curve("c", "lbrgm", [0.0, 0.0, 0.0, 0.0]),  # none has no c: c counts for neither
+    ]
+    curves = ev.time_to_quality(rows)["inpaint:eyes"]
+    assert curves["lbrgm"]["images"] == 2 and curves["lbrgm"]["lpips_alex"] == pytest.approx([0.6, 0.4, 0.203, 0.2])
+    assert curves["lbrgm"]["converged_step"] == 20 and curves["lbrgm"]["converged_seconds"] == 3.0  # 0.203 <= 0.2 · 1.02 < 0.4
+    assert curves["none"]["lpips_alex"] == pytest.approx([0.6, 0.4, 0.3, 0.1]) and curves["none"]["converged_step"] == 30  # nan skipped
+    text = ev.summary_markdown(ev.summarise(rows), ev.time_to_quality(rows))
+    assert "| lbrgm | 0.6 | 0.6 | 0.4 | 0.2 | 20 | 3 |" in text
+
+
+def test_method_presets_in_the_grid() -> None:
+    """`method:preset` names another preset of the method; the paper protocols compare with the
+    L-BRGM paper's copy of BRGM."""
+    assert ev.resolve_grid("quick", None, ["lbrgm:paper", "brgm:lbrgm-paper"], 32)[1] == ["lbrgm:paper", "brgm:lbrgm-paper"]
+    assert ev.PROTOCOLS["paper1024"].methods == ev.PROTOCOLS["paper256"].methods == ("lbrgm", "brgm:lbrgm-paper")
+    with pytest.raises(UserError, match="unknown preset 'authors' for method brgm"):
+        ev.resolve_grid("quick", None, ["brgm:authors"], 32)
+    with pytest.raises(UserError, match="unknown method 'l-brgm'"):
+        ev.resolve_grid("quick", None, ["l-brgm"], 32)
+
+
 def test_eval_resumes_without_recomputing_finished_cells(tiny32: Generator, nets, tmp_path: Path, monkeypatch) -> None:
     vgg, alex = nets
     targets = ev.in_range_targets(tiny32, 2, seed=5)
@@ -112,9 +142,13 @@ def test_eval_resumes_without_recomputing_finished_cells(tiny32: Generator, nets
     assert summary["inpaint:eyes"]["lbrgm"]["images"] == 2
     header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     assert header == list(ev.CSV_FIELDS) and len((tmp_path / "results.csv").read_text().splitlines()) == 9
-    (figure,) = [p for p in ev.write_figures(rows, targets, tmp_path) if "eyes" in p.name]
+    for r in rows:  # the oracle so far at the logged steps (0 and the last), the seconds spent by then
+        curve = r["curve"]
+        assert curve["step"] == [0, 3] and curve["lpips_alex"][1] <= curve["lpips_alex"][0] and 0 < curve["seconds"][0] < curve["seconds"][1]
+    (figure,) = [p for p in ev.write_figures(rows, targets, tmp_path) if p.name.startswith("figure-") and "eyes" in p.name]
     with Image.open(figure) as img:  # ground truth | observation | lbrgm | none, 32 px panels enlarged 4x
         assert img.size == (4 * 128, 2 * 128 + LABEL_BAND)
+    assert (tmp_path / "time-to-quality-inpaint-eyes.png").is_file() and "Time to quality" in (tmp_path / "summary.md").read_text()
 
 
 def test_cli_eval_one_line_per_bad_image_and_exit_2(tiny32: Generator, nets, tmp_path: Path, monkeypatch) -> None:
@@ -125,7 +159,7 @@ def test_cli_eval_one_line_per_bad_image_and_exit_2(tiny32: Generator, nets, tmp
         Image.fromarray((t.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{t.name}.png")
     (folder / "broken.png").write_bytes(b"not a png")
     monkeypatch.setattr("lbrgm_fast.loading.load_models", lambda *a, **k: Models(tiny32, vgg, alex, source={}))
-    args = ["eval", "--checkpoint", "x.pkl", "--images", str(folder), "--tasks", "inpaint:right-half", "--methods", "lbrgm,brgm",
+    args = ["eval", "--checkpoint", "x.pkl", "--images", str(folder), "--tasks", "inpaint:right-half", "--methods", "lbrgm,brgm:lbrgm-paper",
             "--steps", "2", "--candidates", "2", "--device", "cpu", "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
@@ -133,11 +167,14 @@ def test_cli_eval_one_line_per_bad_image_and_exit_2(tiny32: Generator, nets, tmp
     lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 * 2 and sum("failed" in line for line in lines) == 2
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["inpaint:right-half"]["lbrgm"]["images"] == 2
+    assert summary["inpaint:right-half"]["lbrgm"]["images"] == summary["inpaint:right-half"]["brgm:lbrgm-paper"]["images"] == 2
+    assert len(list((tmp_path / "out" / "cells" / "inpaint-right-half" / "brgm-lbrgm-paper").glob("*.json"))) == 2
     with Image.open(tmp_path / "out" / "figure-inpaint-right-half.png") as img:
         assert img.size[0] == 4 * 128  # one column per method after ground truth and observation
     bad = CliRunner().invoke(app, ["eval", "--checkpoint", "x.pkl", "--in-range", "2", "--protocol", "paper1024", "--out", str(tmp_path / "o")])
     assert bad.exit_code == 2 and "1024 px" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(app, ["eval", "--checkpoint", "x.pkl", "--in-range", "2", "--precision", "fp8", "--out", str(tmp_path / "o")])
+    assert bad.exit_code == 2 and "unknown precision 'fp8'" in bad.output and "Traceback" not in bad.output
 
 
 @pytest.mark.parametrize(("task", "message"), [
