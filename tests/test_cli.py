@@ -156,7 +156,8 @@ def test_profile_and_per_input_timings(weights: dict[str, str], face: Path, tmp_
 def test_restarts_keep_one_result_per_input(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
     mirrored = tmp_path / "mirrored.png"
     Image.open(face).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
-    args = ["--mask-preset", "eyes", "--batch-size", "2", "--restarts", "3", "--frames", "2", "--json"]
+    # Scored every 2 steps, as the frames are taken, so the kept iterate is one of the frames.
+    args = ["--mask-preset", "eyes", "--batch-size", "2", "--restarts", "3", "--frames", "2", "--track-every", "2", "--json"]
     result = invoke(*base_run(weights, tmp_path / "out", str(face), str(mirrored), *args))
     assert result.exit_code == 0, result.output
     for outcome in json.loads(result.stdout):
