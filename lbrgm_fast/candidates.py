@@ -4,7 +4,7 @@ For each seed, N1 latents z are drawn from N(0, I) (a CPU generator seeded with 
 the draw does not depend on the device or the batch), their images are generated and degraded
 by the operator, and each row that has the seed keeps the z whose image is closest to its
 observation by the perceptual term (by the pixel term when the perceptual weight is off),
-on the pixels the data terms use. Forward passes only, on the run's `ForwardEngine`.
+on the pixels the pixel term uses. Forward passes only, on the run's `ForwardEngine`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lbrgm_fast.objective import Objective, generator_to_255, perceptual_input, pixel_term
+from lbrgm_fast.objective import Objective, generator_to_255, perceptual_input
 from lbrgm_fast.runtime.engines import ForwardEngine
 
 
@@ -32,16 +32,15 @@ def best_candidates(objective: Objective, engine: ForwardEngine, seeds: Sequence
             measured = objective.operator(generator_to_255(engine.generate(z)))
             # Score every candidate against every observation that shares this seed.
             per_row = []
-            shared_feats = None  # without a holdout mask every row sees the same candidates
+            # φ sees every pixel (a holdout only leaves pixels out of the pixel term), so the
+            # rows that share this seed share the candidates' features.
+            features = None if objective.perceptual is None else engine.features(perceptual_input(measured))
             for r in rows:
-                view = measured if objective.keep is None else measured * objective.keep[r : r + 1]
                 if objective.perceptual is None:
-                    per_row.append(pixel_term(view, objective.observation[r : r + 1]))
+                    per_row.append(objective.pixel(measured, slice(r, r + 1)))
                     continue
-                if objective.keep is not None or shared_feats is None:
-                    shared_feats = engine.features(perceptual_input(view))
                 targets = [t[r : r + 1] for t in objective.target_features]
-                per_row.append(objective.perceptual.feature_loss(shared_feats, targets))
+                per_row.append(objective.perceptual.feature_loss(features, targets))
             scores.append(torch.stack(per_row))  # [rows, chunk]
         choice = torch.cat(scores, dim=1).argmin(dim=1)
         best[rows] = z_all[choice]

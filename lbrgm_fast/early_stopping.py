@@ -3,12 +3,22 @@
 * "oracle" (the papers'): the best LPIPS(alex) against the ground truth over the tracked
   iterates (every `track_every` steps, and every logged one); it needs the ground truth, so it is an evaluation tool, not a restoration one.
 * "holdout": without ground truth, a seeded `holdout_fraction` of the observed pixels is left
-  out of the data terms, and the iterate that predicts them best is kept.
+  out of the pixel term (φ still sees them: objective.py), and the iterate that predicts them
+  best is kept.
+* "objective": without ground truth, the iterate with the lowest objective J (Adam does not
+  lower J at every step); it costs nothing, J being computed by every step anyway.
 * "none": the last iterate.
-* "auto": oracle with a ground truth and a monitor, holdout otherwise.
+* "auto": oracle with a ground truth and a monitor, objective otherwise: measured on in-range
+  targets (bench/bench_stopping.py, bench/RESULTS.md), it was the best rule without ground
+  truth on average, by a small margin over the last iterate (holdout kept worse iterates).
 
 A score is per row (B,), lower is better; the loop keeps, per row, the tracked iterate with
 the lowest score (`ReconstructionState.keep_best`).
+
+Among restarts (reconstruct.py) the kept one is the restart whose kept iterate scores best,
+but for the rules "objective" and "none", where the restarts agree instead: with at least
+`AGREEMENT_RESTARTS` of them, the one closest to their per-pixel mean in the missing region
+(`agreement_scores`, measured better than the lowest J), else the one with the lowest J.
 """
 
 from __future__ import annotations
@@ -23,17 +33,22 @@ from lbrgm_fast.objective import Objective
 from lbrgm_fast.operators import Operator
 from lbrgm_fast.runtime.engines import ForwardEngine
 
-EarlyStop = Literal["auto", "oracle", "holdout", "none"]
+EarlyStop = Literal["auto", "oracle", "holdout", "objective", "none"]
 RULES: tuple[str, ...] = get_args(EarlyStop)
 #: Added to a row's seed for its holdout mask, so that the mask's draw is independent of the
 #: candidates' (which use the seed itself).
 HOLDOUT_SEED_OFFSET = 1_000_003
+#: Restarts from which the rules "objective" and "none" keep the one closest to their mean (two
+#: are equally close).
+AGREEMENT_RESTARTS = 3
+#: The rules whose restarts are chosen by agreement (`agreement_scores`).
+AGREEING_RULES = ("objective", "none")
 
 
 def resolve_rule(rule: str, has_ground_truth: bool, has_monitor: bool) -> str:
     """The rule a run uses ("auto" resolved); UserError when "oracle" cannot be used."""
     if rule == "auto":
-        rule = "oracle" if has_ground_truth and has_monitor else "holdout"
+        rule = "oracle" if has_ground_truth and has_monitor else "objective"
     if rule == "oracle" and not (has_ground_truth and has_monitor):
         raise UserError("early stopping 'oracle' needs a ground truth image and an LPIPS monitor")
     return rule
@@ -53,25 +68,36 @@ def score_function(
     rule: str,
     engine: ForwardEngine,
     objective: Objective,
-    observation: torch.Tensor,
     ground_truth: torch.Tensor | None,
     holdout: torch.Tensor | None,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The score of `rule` for images [B, 3, H, W] in [-1, 1], (B,).
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The score of `rule` for an iterate's images [B, 3, H, W] in [-1, 1] and objective J (B,), (B,).
 
     Args:
-        rule: A resolved rule ("oracle", "holdout" or "none").
+        rule: A resolved rule ("oracle", "holdout", "objective" or "none").
         engine: Runs the LPIPS(alex) monitor (oracle).
         objective: Measures the held-out pixels (holdout).
-        observation: y [B, 3, h, w] in [0, 255], every observed pixel (holdout).
         ground_truth: [B, 3, H, W] in [-1, 1] (oracle).
         holdout: The held-out pixels [B, 1, h, w] (holdout).
     """
     if rule == "oracle":
         assert ground_truth is not None
-        return lambda images: engine.lpips(images.float(), ground_truth).float()
+        return lambda images, total: engine.lpips(images.float(), ground_truth).float()
     if rule == "holdout":
         assert holdout is not None
-        return lambda images: objective.holdout_error(images, observation, holdout)
+        return lambda images, total: objective.holdout_error(images, holdout)
+    if rule == "objective":
+        return lambda images, total: total.detach().float()
     # "none": every iterate scores alike, and ties go to the latest.
-    return lambda images: torch.zeros(images.shape[0], device=images.device)
+    return lambda images, total: torch.zeros(images.shape[0], device=images.device)
+
+
+def agreement_scores(images: torch.Tensor, region: torch.Tensor, restarts: int) -> torch.Tensor:
+    """Each restart's mean squared distance to its observation's restarts' per-pixel mean over
+    `region`, (B·R,), lower is better (the medoid of the restarts scores lowest).
+
+    images: [B·R, 3, H, W], row b·R + r; region: [1, 1, H, W], 1 where the distance counts.
+    """
+    group = images.double().reshape(-1, restarts, *images.shape[1:])  # [B, R, 3, H, W]
+    squared = (group - group.mean(dim=1, keepdim=True)).square() * region.double()
+    return (squared.flatten(2).sum(dim=2) / (region.sum() * images.shape[1])).reshape(-1)

@@ -27,7 +27,7 @@ from lbrgm_fast.metrics import masked_mean, psnr_from_mse
 from lbrgm_fast.objective import TERM_NAMES
 from lbrgm_fast.operators import Identity, Inpainting, Operator, SuperResolution, infer_factor
 from lbrgm_fast.perceptual import LpipsAlex
-from lbrgm_fast.plots import plot_curves
+from lbrgm_fast.plots import heatmap, plot_curves
 from lbrgm_fast.progress import ProgressReport
 from lbrgm_fast.reconstruct import ReconstructionResult, Reconstructor
 from lbrgm_fast.runtime import Profiler, resolve_device
@@ -64,6 +64,8 @@ class RunOptions:
     seed: int = 0
     batch_size: int = 1
     restarts: int = 1
+    #: K >= 2: K restarts, all kept (sample-k.png, mean.png, uncertainty.png / .npy); None: off.
+    samples: int | None = None
     device: str = "auto"
     early_stop: str = "auto"
     log_every: int = 10
@@ -258,12 +260,14 @@ def write_outputs(
     if mask is not None:
         save_image(folder / "merged.png", mask * prepared.observation + (1 - mask) * restored)
     z = result.z[index].numpy() if result.z is not None else np.zeros(0, dtype=np.float32)
-    save_npz(folder / "latents.npz", w_plus=result.w_plus[index].numpy(), z=z, step=np.int64(result.best_step[index]))
+    samples = {} if result.samples is None else write_samples(folder, result, index, mask)
+    save_npz(folder / "latents.npz", w_plus=result.w_plus[index].numpy(), z=z, step=np.int64(result.best_step[index]),
+             **samples.pop("latents", {}))
     history = {k: v[:, index] if v.ndim == 2 else v for k, v in result.history.items()}
     if len(history["step"]):
         curves = {k: history[k] for k in (*TERM_NAMES, "score") if k in history and np.any(history[k] != 0)}
         plot_curves(history["step"], curves, folder / "curves.png")
-    metrics = input_metrics(result, index, prepared.ground_truth, mask, lpips, options.restarts)
+    metrics = input_metrics(result, index, prepared.ground_truth, mask, lpips, len(result.restart_scores[index]))
     prepared.outcome.metrics = metrics
     prepared.outcome.timings = result.timings
     report = {
@@ -277,13 +281,43 @@ def write_outputs(
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
         "metrics": metrics,
         "timings": result.timings,
-        "restarts": {"count": options.restarts, "kept": result.restart[index], "scores": result.restart_scores[index]},
+        "restarts": {"count": len(result.restart_scores[index]), "kept": result.restart[index], "scores": result.restart_scores[index]},
+        **samples,
         "history": {k: np.asarray(v).tolist() for k, v in history.items()},
         "versions": versions(),
         **extra_report,
     }
     write_json(folder / "report.json", report)
     (folder / STATE_FILE).unlink(missing_ok=True)
+
+
+def write_samples(folder: Path, result: ReconstructionResult, index: int, mask: torch.Tensor | None) -> dict:
+    """--samples: sample-k.png, mean.png, uncertainty.png (the per-pixel std as a colour map with
+    a scale bar) and uncertainty.npy (its values [H, W], float32, [0, 1] units). Returns the
+    report's "uncertainty" entry and, under "latents", every sample's arrays for latents.npz."""
+    assert result.samples is not None and result.std is not None and result.sample_w_plus is not None
+    samples, std = result.samples[index], result.std[index]  # [K, 3, H, W], [H, W]
+    for k, sample in enumerate(samples):
+        save_image(folder / f"sample-{k}.png", sample)
+    save_image(folder / "mean.png", samples.mean(dim=0))
+    figure = heatmap(std.numpy(), f"std of {len(samples)} samples")
+    atomic_write(folder / "uncertainty.png", lambda f: figure.save(f, format="PNG"))
+    atomic_write(folder / "uncertainty.npy", lambda f: np.save(f, std.numpy().astype(np.float32)))
+    region = (1 - mask) if mask is not None else torch.ones_like(std)[None]  # [1, H, W]: super-resolution: everywhere
+    latents = {"samples_w_plus": result.sample_w_plus[index].numpy(), "samples_step": np.asarray(result.sample_steps[index], dtype=np.int64)}
+    if result.sample_z is not None:
+        latents["samples_z"] = result.sample_z[index].numpy()
+    return {
+        "uncertainty": {
+            "samples": len(samples),
+            "mean_std_missing_region": float(masked_mean(std[None, None], region[None])[0]),
+            "mean_std": float(std.mean()),
+            "definition": "per-pixel standard deviation over the samples (K - 1 in the denominator), "
+                          "root mean of the channels' variances, images in [0, 1]; missing region: the mask's hole, "
+                          "or the whole image without a mask",
+        },
+        "latents": latents,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,9 +367,11 @@ def check_options(options: RunOptions) -> None:
         raise UserError(f"--ground-truth {options.ground_truth}: no such file or folder")
     for flag, value, least in (("--steps", options.steps, 0), ("--candidates", options.candidates, 1),
                                ("--log-every", options.log_every, 1), ("--track-every", options.track_every, 1), ("--frames", options.frames, 0),
-                               ("--restarts", options.restarts, 1)):
+                               ("--restarts", options.restarts, 1), ("--samples", 2 if options.samples is None else options.samples, 2)):
         if value < least:
             raise UserError(f"{flag} must be >= {least}, got {value}")
+    if options.samples is not None and options.restarts != 1:
+        raise UserError("--samples K runs K restarts and keeps them all: give --samples or --restarts, not both")
     resolve_preset(options.method, options.preset)
     for flag, folder in (("--out", options.out), ("--profile", options.profile)):
         if folder is not None and folder.exists() and not folder.is_dir():
@@ -410,9 +446,9 @@ class JobWorker:
                     if resume:
                         item.saved_state = _load_state(outcome.folder / STATE_FILE)
                         saved_rows = None if item.saved_state is None else item.saved_state.w_plus.shape[0]
-                        if saved_rows not in (None, options.restarts):
-                            raise UserError(f"{outcome.folder} was interrupted with --restarts {saved_rows}; "
-                                            "resume it with the same --restarts (or use --overwrite)")
+                        if saved_rows not in (None, options.samples or options.restarts):
+                            raise UserError(f"{outcome.folder} was interrupted with {saved_rows} restarts or samples; "
+                                            "resume it with the same --restarts / --samples (or use --overwrite)")
                     prepared.append(item)
             except UserError as exc:
                 outcome.status, outcome.message = "failed", str(exc)
@@ -509,7 +545,7 @@ def _run_batch(
         resume = ReconstructionState.stack([p.saved_state for p in batch])  # type: ignore[misc]
         reporter.note(f"resuming {', '.join(p.outcome.name for p in batch)} at step {resume.step}")
 
-    restarts = options.restarts  # the run's rows: input i's restarts are rows i*R ... i*R + R-1
+    restarts = options.samples or options.restarts  # the run's rows: input i's restarts are rows i*R ... i*R + R-1
 
     def save_states(state: ReconstructionState) -> None:
         for i, f in enumerate(folders):
@@ -529,7 +565,7 @@ def _run_batch(
     started = time.perf_counter()
     try:
         result = rec.run(
-            observation, operator, ground_truth=ground_truth, seed=options.seed, restarts=restarts, resume=resume,
+            observation, operator, ground_truth=ground_truth, seed=options.seed, restarts=options.restarts, samples=options.samples, resume=resume,
             on_progress=on_progress, on_checkpoint=save_states, checkpoint_every=options.checkpoint_every,
         )
     except UserError as exc:
@@ -539,7 +575,7 @@ def _run_batch(
     except torch.OutOfMemoryError:
         for p in batch:
             p.outcome.status = "failed"
-            rows = f"--batch-size {options.batch_size}" + (f" x --restarts {restarts}" if restarts > 1 else "")
+            rows = f"--batch-size {options.batch_size}" + (f" x {restarts} restarts / samples" if restarts > 1 else "")
             p.outcome.message = f"out of memory with {rows}; try a smaller batch size"
         return
     finally:

@@ -120,5 +120,5 @@ def _from_checkpoint(path: str | Path, device: torch.device, vgg16: str | Path |
         except UserError as exc:
             if monitor_need == "required":
                 raise
-            notes.append(f"no LPIPS(alex) monitor ({exc}); early stopping by held-out pixels instead")
+            notes.append(f"no LPIPS(alex) monitor ({exc}); early stopping by the lowest objective J instead")
     return Models(generator.to(device), perceptual.to(device), None if monitor is None else monitor.to(device), source, notes)

@@ -1,6 +1,7 @@
 """The optimisation loop: initialise → step → keep the best → report.
 
-    w+, z   = start_latents(...)       best of N1 random z: w_i = M(z*) (L-BRGM); w_avg (BRGM)
+    w+, z   = start_latents(...)       best of N1 random z: w_i = M(z*) (L-BRGM); w_avg (BRGM;
+                                       its restarts after the first: w_avg perturbed, seeded)
     Adam over w+ (and z), lr 0.1
     for k in 0 … steps:
         terms, images = J(w+, z)       objective.py; then backward and Adam's update (AdamStep)
@@ -32,6 +33,20 @@ from lbrgm_fast.runtime.step import AUTOCAST_DTYPES, FP16_LOSS_SCALE, Precision,
 from lbrgm_fast.state import ReconstructionState
 
 
+#: How far from w_avg BRGM's restarts after the first start: w_avg + ψ·(M(z) − w_avg), the
+#: truncation trick's ψ (0: w_avg, 1: a plain sample of the mapping network).
+BRGM_RESTART_PSI = 0.5
+
+
+def perturbed_w_avg(gaussian_prior: GaussianPrior, mapping: torch.nn.Module, z_dim: int, seed: int) -> torch.Tensor:
+    """w_avg + ψ·(M(z) − w_avg), [w_dim], z ~ N(0, I) drawn on the CPU with `seed` (ψ = `BRGM_RESTART_PSI`)."""
+    w_avg = gaussian_prior.w_avg
+    z = torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed)).to(w_avg.device)
+    with torch.no_grad():
+        w = mapping(z)[0, 0]
+    return w_avg + BRGM_RESTART_PSI * (w - w_avg)
+
+
 def start_latents(
     objective: Objective,
     settings: MethodSettings,
@@ -41,17 +56,22 @@ def start_latents(
     candidate_batch: int,
     gaussian_prior: GaussianPrior | None,
     profiler: Profiler,
+    restarts: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Where each row starts: (w+ [B, num_ws, w_dim], z [B, z_dim] or None, the chosen z* or None).
 
-    BRGM starts at w_avg and does not optimise z. L-BRGM and the no-prior ablation start at the
-    best of `candidates` seeded random z (`best_candidates`, one draw per seed), with every
-    layer of w+ at M(z*); L-BRGM optimises z from z*.
+    BRGM starts at w_avg and does not optimise z; a row that is restart r > 0 of its
+    observation (`restarts[row]`; default every row restart 0) starts at
+    `perturbed_w_avg(seed)` instead, so that R restarts are R different runs. L-BRGM and the
+    no-prior ablation start at the best of `candidates` seeded random z (`best_candidates`,
+    one draw per seed), with every layer of w+ at M(z*); L-BRGM optimises z from z*.
     """
     G = objective.generator
     if settings.start == "w-avg":
         assert gaussian_prior is not None
-        return gaussian_prior.w_avg.expand(len(seeds), G.num_ws, -1).clone(), None, None
+        restarts = restarts or [0] * len(seeds)
+        starts = [gaussian_prior.w_avg if r == 0 else perturbed_w_avg(gaussian_prior, G.mapping, G.z_dim, s) for s, r in zip(seeds, restarts)]
+        return torch.stack(starts)[:, None].expand(-1, G.num_ws, -1).clone(), None, None
     with profiler.phase("candidates"):
         initial_z = best_candidates(objective, engine, seeds, candidates, candidate_batch)
     with torch.no_grad():
@@ -110,7 +130,7 @@ def optimise(
     z: torch.Tensor | None,
     step: Callable[[], StepOutput],
     state: ReconstructionState,
-    score: Callable[[torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     reports: Reports,
     checkpoint: Callable[[ReconstructionState], bool],
     *,
@@ -125,7 +145,8 @@ def optimise(
         w_plus, z: The latents `step` updates in place (for the last iterate's evaluation).
         step: One `AdamStep` of `objective`, as the runtime runs it.
         state: Where the run stands; updated on the device.
-        score: Early-stopping score of images [B, 3, H, W] in [-1, 1], (B,), lower is better.
+        score: Early-stopping score of an iterate's images [B, 3, H, W] in [-1, 1] and its J (B,),
+            (B,), lower is better.
         reports: Progress, handed on one log late; says when every row has stopped.
         checkpoint: Called after each update with the state; False stops the loop.
         steps: Adam steps.
@@ -144,7 +165,7 @@ def optimise(
         state.alive = state.alive & torch.isfinite(terms[TOTAL])
         logged = k == steps or k % log_every == 0
         if logged or k % track_every == 0:
-            scores = score(images)
+            scores = score(images, terms[TOTAL])
             state.keep_best(k, scores, terms[TOTAL], w_k, z_k)
         if logged:
             state.log(k, terms, scores)

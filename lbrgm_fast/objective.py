@@ -17,6 +17,19 @@ which the published λ were calibrated, and the generator works in its raw [-1, 
 Hole fill: the objective applies `operator.with_fill(settings.hole_fill)` to A G(w+) and fills
 the missing pixels of y alike, so the pixel term is unchanged by the fill while φ sees the
 filled hole (the L-BRGM authors fill with 1 on the 0–255 scale: preset `authors`).
+
+Held-out pixels (early stopping "holdout", `keep`): they are left out of the pixel term only,
+whose mean is then taken over the pixels it keeps, so that λpix weighs a mean squared error per
+pixel as published. φ compares the unaltered images, exactly as without a holdout: no pixel is
+zeroed or filled where the method would not do it, so the perceptual term is the published one.
+The consequence: the held-out pixels still reach the fit through φ's features, so their error
+is a score of pixels the pixel term never fitted, not of pixels the method never saw. At any
+(w+, z), with S_h the summed squared error (A G(w+) − y)² over the held-out pixels' channel
+values, N the number of channel values of y and N_h the held-out ones,
+
+    pixel_published · N = pixel_held_out · (N − N_h) + S_h
+
+and every other term is unchanged (tests/test_reconstruct.py checks it).
 """
 
 from __future__ import annotations
@@ -55,9 +68,14 @@ def perceptual_input(images_255: torch.Tensor) -> torch.Tensor:
     return images_255 / 127.5 - 1
 
 
-def pixel_term(measured_255: torch.Tensor, observation_255: torch.Tensor) -> torch.Tensor:
-    """mean((A G(w) − y)²) per sample, (B,): images [B, 3, h, w] in [0, 255]."""
-    return (measured_255 - observation_255).square().flatten(1).mean(dim=1)
+def pixel_term(measured_255: torch.Tensor, observation_255: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """mean((A G(w) − y)²) per sample, (B,): images [B, 3, h, w] in [0, 255]; with `keep`
+    [B | 1, 1, h, w] (1 = use), the mean over the kept pixels' channel values only."""
+    squared = (measured_255 - observation_255).square()
+    if keep is None:
+        return squared.flatten(1).mean(dim=1)
+    kept = keep.expand_as(squared)
+    return (squared * kept).flatten(1).sum(dim=1) / kept.flatten(1).sum(dim=1)
 
 
 class Objective(nn.Module):
@@ -70,8 +88,9 @@ class Objective(nn.Module):
         settings: Loss weights (methods.py).
         observation: y in [0, 255], [B, 3, h, w], missing pixels 0 (as A with fill 0 makes it);
             they get the settings' hole fill here.
-        keep: Observation-space mask [B, 1, h, w] of pixels used by the data terms (1 = use);
-            the rest are held out for early stopping. None uses every pixel.
+        keep: Observation-space mask [B, 1, h, w] of the pixels the pixel term uses (1 = use);
+            the rest are held out for early stopping (φ still sees every pixel: see the module
+            docstring). None uses every pixel.
         gaussian_prior: BRGM's prior (needed when the settings weight it).
         noise_mode: Generator noise ("const": the stored buffers, as the reference code).
     """
@@ -94,7 +113,7 @@ class Objective(nn.Module):
         self.settings = settings
         self.noise_mode: Literal["const", "none"] = noise_mode
         self.register_buffer("keep", keep)
-        self.register_buffer("observation", self.kept_pixels(self.filled(observation)))
+        self.register_buffer("observation", self.filled(observation))
         if perceptual is None and settings.perceptual_weight:
             raise UserError("the perceptual term needs VGG16 features (perceptual weight is not 0)")
         targets: list[torch.Tensor] = []
@@ -130,9 +149,10 @@ class Objective(nn.Module):
         """φ(y): the observation's perceptual features, one tensor per tap (empty without φ)."""
         return [getattr(self, f"target_features_{k}") for k in range(self._num_targets)]
 
-    def kept_pixels(self, measured: torch.Tensor) -> torch.Tensor:
-        """`measured` [B, 3, h, w] with the held-out pixels zeroed (as is without a holdout)."""
-        return measured if self.keep is None else measured * self.keep
+    def pixel(self, measured_255: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """The pixel term of measured images [b, 3, h, w] in [0, 255] against the rows `rows`
+        of y (one row broadcasts over b), on the pixels it keeps, (b,)."""
+        return pixel_term(measured_255, self.observation[rows], None if self.keep is None else self.keep[rows])
 
     def perceptual_term(self, measured_255: torch.Tensor, target_features: Sequence[torch.Tensor]) -> torch.Tensor:
         """LPIPS-VGG / D of a measured image against precomputed target features, (B,)."""
@@ -148,8 +168,8 @@ class Objective(nn.Module):
         """
         s = self.settings
         images = self.generator.synthesis(w_plus, noise_mode=self.noise_mode)
-        measured = self.kept_pixels(self.operator(generator_to_255(images)))
-        pixel = pixel_term(measured, self.observation)
+        measured = self.operator(generator_to_255(images))
+        pixel = self.pixel(measured)
         perceptual = self.perceptual_term(measured, self.target_features)
         zero = torch.zeros_like(pixel)
         mapping = self.mapping_prior(w_plus, z) if z is not None and s.mapping_weight else zero
@@ -168,12 +188,9 @@ class Objective(nn.Module):
                  "latent": latent, "gaussian": gaussian, "cosine": cosine}
         return torch.stack([terms[name] for name in TERM_NAMES]), images
 
-    def holdout_error(self, images: torch.Tensor, observation_full: torch.Tensor, holdout: torch.Tensor) -> torch.Tensor:
+    def holdout_error(self, images: torch.Tensor, holdout: torch.Tensor) -> torch.Tensor:
         """Mean squared error on the held-out observed pixels, (B,) (early stopping without ground truth).
 
-        images [B, 3, H, W] in [-1, 1]; observation_full [B, 3, h, w] in [0, 255] with every
-        observed pixel; holdout [B, 1, h, w], 1 on the held-out pixels.
+        images [B, 3, H, W] in [-1, 1]; holdout [B, 1, h, w], 1 on the held-out pixels.
         """
-        measured = self.operator(generator_to_255(images))
-        sq = (measured - observation_full).square() * holdout
-        return sq.flatten(1).sum(dim=1) / (holdout.flatten(1).sum(dim=1) * measured.shape[1]).clamp_min(1)
+        return pixel_term(self.operator(generator_to_255(images)), self.observation, holdout)

@@ -1,4 +1,4 @@
-"""Loss curves and labelled image grids as PNG, drawn with PIL (no plotting library needed)."""
+"""Loss curves, labelled image grids and heat maps as PNG, drawn with PIL (no plotting library needed)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from lbrgm_fast.io import atomic_write
 FIGURE_PANEL = 128
 #: Height of the white band above a grid that names its columns.
 LABEL_BAND = 14
+#: Anchor colours of the viridis colour map, low to high (perceptually ordered, legible in grey).
+VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -120,4 +122,37 @@ def labelled_grid(panels: Sequence[Sequence[torch.Tensor]], names: Sequence[str]
                 x, y = column * side * scale + 2, LABEL_BAND + (row + 1) * side * scale - 13
                 draw.rectangle(draw.textbbox((x, y), text, font=font), fill="white")
                 draw.text((x, y), text, fill="black", font=font)
+    return canvas
+
+
+def colour_map(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) to viridis colours, uint8 [..., 3] (piecewise linear between
+    `VIRIDIS`'s anchors)."""
+    anchors = np.asarray(VIRIDIS, dtype=np.float64)
+    position = np.clip(np.nan_to_num(values), 0, 1) * (len(anchors) - 1)
+    low = np.minimum(np.floor(position).astype(int), len(anchors) - 2)
+    t = (position - low)[..., None]
+    return np.round(anchors[low] * (1 - t) + anchors[low + 1] * t).astype(np.uint8)
+
+
+def heatmap(values: np.ndarray, title: str) -> Image.Image:
+    """A map of values [H, W] >= 0: viridis from 0 (dark) to the maximum (yellow), enlarged
+    (nearest) until at least `FIGURE_PANEL` wide, under a band with `title`, with a scale bar
+    on the right labelled 0, half and the maximum."""
+    values = np.asarray(values, dtype=np.float64)
+    top = float(values.max()) if values.size and values.max() > 0 else 1.0
+    scale = max(1, math.ceil(FIGURE_PANEL / values.shape[1]))
+    picture = Image.fromarray(colour_map(values / top)).resize((values.shape[1] * scale, values.shape[0] * scale), Image.Resampling.NEAREST)
+    bar_width, labels = 12, 56
+    canvas = Image.new("RGB", (picture.width + 8 + bar_width + labels, picture.height + LABEL_BAND), "white")
+    canvas.paste(picture, (0, LABEL_BAND))
+    ramp = colour_map(np.linspace(1, 0, picture.height)[:, None].repeat(bar_width, axis=1))
+    x = picture.width + 8
+    canvas.paste(Image.fromarray(ramp), (x, LABEL_BAND))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    draw.text((3, 1), title, fill="black", font=font)
+    for fraction in (1.0, 0.5, 0.0):
+        y = LABEL_BAND + round((1 - fraction) * (picture.height - 1))
+        draw.line([(x + bar_width, y), (x + bar_width + 3, y)], fill="black")
+        draw.text((x + bar_width + 5, min(max(y - 5, LABEL_BAND), canvas.height - 11)), f"{fraction * top:.3g}", fill="black", font=font)
     return canvas

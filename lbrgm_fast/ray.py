@@ -415,6 +415,8 @@ class Restorer:
     def __init__(self, **options: object) -> None:
         if "inputs" in options or "out" in options:
             raise UserError("Restorer takes its images from the dataset: give no inputs or out")
+        if options.get("samples") is not None:
+            raise UserError("Restorer returns one restoration per row: samples are for run_job / `run --samples`")
         self.options = RunOptions(inputs=[], **options)  # type: ignore[arg-type]
         check_options(self.options)
         configure_process()

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lbrgm_fast.early_stopping import EarlyStop, RULES, holdout_mask, resolve_rule, score_function
+from lbrgm_fast.early_stopping import AGREEING_RULES, AGREEMENT_RESTARTS, EarlyStop, RULES, agreement_scores, holdout_mask, resolve_rule, score_function
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.loop import AdamStep, optimise, start_latents
 from lbrgm_fast.methods import MethodSettings, method_settings, resolve_preset
 from lbrgm_fast.model import Generator
 from lbrgm_fast.objective import TERM_NAMES, Objective, to_255
-from lbrgm_fast.operators import Operator, SuperResolution, check_observation
+from lbrgm_fast.operators import Inpainting, Operator, SuperResolution, check_observation
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.priors import GaussianPrior
 from lbrgm_fast.progress import ProgressReport, Reports
@@ -72,6 +72,13 @@ class ReconstructionResult:
         restart_scores: Per sample, every restart's score at its kept iterate (lower is
             better; see `Reconstructor.run`'s `restarts`; inf for a restart that never had a
             finite loss).
+        samples: With `run(..., samples=K)`: every restart's restoration [B, K, 3, H, W] in
+            [0, 1] (the kept one is `images`); None otherwise.
+        std: With samples: their per-pixel standard deviation [B, H, W] (over the K samples,
+            K − 1 in the denominator, root mean of the three channels' variances), in [0, 1]
+            units; None otherwise. Their per-pixel mean is `samples.mean(dim=1)`.
+        sample_w_plus, sample_z, sample_steps: With samples: every sample's kept latents
+            [B, K, num_ws, w_dim], [B, K, z_dim] (None without z) and steps [B][K].
     """
 
     images: torch.Tensor
@@ -85,10 +92,32 @@ class ReconstructionResult:
     timings: dict[str, object]
     restart: list[int] = field(default_factory=list)
     restart_scores: list[list[float]] = field(default_factory=list)
+    samples: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    sample_w_plus: torch.Tensor | None = None
+    sample_z: torch.Tensor | None = None
+    sample_steps: list[list[int]] | None = None
 
 
 def _rows(tensor: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     return None if tensor is None else tensor[index]
+
+
+def _with_samples(kept: ReconstructionResult, every: ReconstructionResult, samples: int) -> ReconstructionResult:
+    """`kept` (one row per observation) with every row of `every` (B·K rows, row b·K + k) as
+    sample k of observation b."""
+    def per_input(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, samples, *t.shape[1:])
+
+    images = per_input(every.images)  # [B, K, 3, H, W]
+    return replace(
+        kept,
+        samples=images,
+        std=images.double().var(dim=1, correction=1).mean(dim=1).sqrt().float(),  # [B, H, W]
+        sample_w_plus=per_input(every.w_plus),
+        sample_z=None if every.z is None else per_input(every.z),
+        sample_steps=[every.best_step[b * samples : (b + 1) * samples] for b in range(images.shape[0])],
+    )
 
 
 def _keep_best_restarts(result: ReconstructionResult, scores: np.ndarray, restarts: int) -> ReconstructionResult:
@@ -160,8 +189,10 @@ class Reconstructor:
             the scored ones. 1 (default) scores every step, as the authors' oracle does, on
             the device without waiting for it; logged steps are always scored.
         early_stop: "oracle" (best LPIPS vs ground truth; needs it), "holdout" (hold out
-            `holdout_fraction` of the observed pixels and keep the iterate that predicts them
-            best), "none" (last iterate), or "auto" (oracle with ground truth, else holdout).
+            `holdout_fraction` of the observed pixels from the pixel term and keep the iterate that predicts them
+            best), "objective" (the iterate with the lowest J), "none" (last iterate), or
+            "auto" (oracle with ground truth, else objective: measured best without ground
+            truth, early_stopping.py).
         holdout_fraction: Fraction of observed pixels held out by the "holdout" rule.
         monitor: LPIPS(alex)-like distance for the oracle rule (required for "oracle").
         settings: Explicit loss weights, overriding `method`/`preset` (e.g. an ablation with
@@ -285,6 +316,7 @@ class Reconstructor:
         ground_truth: torch.Tensor | None = None,
         seed: int | Sequence[int] = 0,
         restarts: int = 1,
+        samples: int | None = None,
         resume: ReconstructionState | None = None,
         on_progress: Callable[[ProgressReport], None] | None = None,
         on_checkpoint: Callable[[ReconstructionState], None] | None = None,
@@ -305,8 +337,15 @@ class Reconstructor:
                 the best candidate of the draws of seed s + r, and all R share seed s's holdout
                 mask, so their scores compare. Per observation, the result keeps the restart
                 whose kept iterate scores best by the early-stopping rule (LPIPS vs the ground
-                truth, or the holdout error; with rule "none", the lowest objective J).
-                `resume`, progress and checkpoint states hold all B·R rows.
+                truth, or the holdout error; with the rules "objective" and "none", from 3
+                restarts the one closest to their per-pixel mean in the missing region, with 2
+                the lowest objective J at the kept iterate).
+                `resume`, progress and checkpoint states hold all B·R rows. BRGM, which
+                starts at w_avg, starts restart r > 0 at w_avg perturbed with seed s + r
+                (`loop.perturbed_w_avg`).
+            samples: K >= 2 (None: off): K restarts as `restarts=K`, keeping every one as
+                well: `samples`, `std`, `sample_w_plus`, `sample_z`, `sample_steps` of the
+                result (`images` is still the best-scored restart). Not with `restarts`.
             resume: A state saved through `on_checkpoint` to continue from.
             on_progress: Called for every `log_every`-th step (and the last), in order, one log
                 interval late: the loop reads each log's values when the next log is made, so
@@ -318,7 +357,8 @@ class Reconstructor:
         The run is made under the Reconstructor's reproducibility promise (`deterministic`).
         """
         G = self.generator
-        self._check_inputs(observation, operator, ground_truth, restarts)
+        self._check_inputs(observation, operator, ground_truth, restarts, samples)
+        restarts = samples or restarts
         seeds = _seed_list(seed, observation.shape[0])
         if restarts > 1:  # R rows per observation, row b·R + r
             observation = observation.repeat_interleave(restarts, dim=0)
@@ -350,19 +390,20 @@ class Reconstructor:
             initial_z: torch.Tensor | None = None
             if resume is None:
                 w_plus, z, initial_z = start_latents(objective, settings, candidate_seeds, self.engine, self.candidates,
-                                                     self.candidate_batch, gaussian_prior, prof)
+                                                     self.candidate_batch, gaussian_prior, prof,
+                                                     restarts=[r for _ in seeds for r in range(restarts)])
             else:
                 resume = resume.to(self.device)
                 w_plus, z = resume.w_plus.clone(), None if resume.z is None else resume.z.clone()
             latents = self._latents_for(objective, w_plus, z, settings, rule, None if resume is None else resume.optimizer)
             state = ReconstructionState.start(latents.w_plus, latents.z) if resume is None else resume
-            rule_score = score_function(rule, self.engine, objective, y, gt, holdout)
+            rule_score = score_function(rule, self.engine, objective, gt, holdout)
             reports = Reports(self.steps, rule != "none", on_progress)
 
             @torch.no_grad()
-            def score(images: torch.Tensor) -> torch.Tensor:
+            def score(images: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
                 with prof.phase("monitor", sync=False):
-                    return rule_score(images)
+                    return rule_score(images, total)
 
             def checkpoint(state: ReconstructionState) -> bool:
                 if on_checkpoint is None or not checkpoint_every or state.step % checkpoint_every:
@@ -392,7 +433,10 @@ class Reconstructor:
             with prof.phase("finalise"), torch.no_grad():
                 images = G.synthesis(state.best_w_plus, noise_mode=objective.noise_mode)
                 images = ((images.float() + 1) / 2).clamp(0, 1)
-            return self._result(state, images, rule, initial_z, prof.report(since=started), restarts)
+            # Where restarts' agreement counts: the hole of an inpainting mask, else every pixel.
+            region = 1 - operator.mask if isinstance(operator, Inpainting) else torch.ones_like(images[:1, :1])
+            return self._result(state, images, rule, initial_z, prof.report(since=started), restarts, keep_all=samples is not None,
+                                region=region)
 
     def _gaussian_prior(self, settings: MethodSettings) -> GaussianPrior | None:
         """BRGM's w_avg and σ from `settings.w_avg_samples` mapping samples (None when the
@@ -404,7 +448,8 @@ class Reconstructor:
             self._gaussian_priors[n] = GaussianPrior.from_mapping(self.generator.mapping, self.generator.z_dim, num_samples=n)
         return self._gaussian_priors[n]
 
-    def _check_inputs(self, observation: torch.Tensor, operator: Operator, ground_truth: torch.Tensor | None, restarts: int) -> None:
+    def _check_inputs(self, observation: torch.Tensor, operator: Operator, ground_truth: torch.Tensor | None, restarts: int,
+                      samples: int | None) -> None:
         res = self.generator.img_resolution
         if observation.ndim != 4:
             raise UserError(f"observation must be [B, 3, h, w], got {tuple(observation.shape)}")
@@ -413,6 +458,10 @@ class Reconstructor:
             raise UserError(f"ground truth must be [{observation.shape[0]}, 3, {res}, {res}], got {tuple(ground_truth.shape)}")
         if restarts < 1:
             raise UserError(f"restarts must be >= 1, got {restarts}")
+        if samples is not None and samples < 2:
+            raise UserError(f"samples must be >= 2 (one sample has no spread), got {samples}")
+        if samples is not None and restarts != 1:
+            raise UserError("samples are restarts that are all kept: give samples or restarts, not both")
 
     def _latents_for(
         self,
@@ -455,8 +504,11 @@ class Reconstructor:
         initial_z: torch.Tensor | None,
         timings: dict[str, object],
         restarts: int,
+        keep_all: bool,
+        region: torch.Tensor,
     ) -> ReconstructionResult:
-        """The result of the finished `state` (its kept iterates' `images`), the best restart per observation."""
+        """The result of the finished `state` (its kept iterates' `images`), the best restart per
+        observation, and with `keep_all` every restart as a sample."""
         history = state.history_arrays(scored=rule != "none")
         result = ReconstructionResult(
             images=images.cpu(),
@@ -469,6 +521,10 @@ class Reconstructor:
             initial_z=None if initial_z is None else initial_z.cpu(),
             timings=timings,
         )
-        # Rule "none" scores nothing: restarts compare by the objective at each row's kept iterate.
-        kept = state.best_total if rule == "none" else state.best_score
-        return _keep_best_restarts(result, kept.cpu().double().numpy(), restarts)
+        # Without ground truth ("objective", "none") the restarts' agreement decides
+        # (early_stopping.py), or with fewer restarts the objective at each row's kept iterate.
+        kept = state.best_score
+        if rule in AGREEING_RULES:
+            kept = agreement_scores(images, region, restarts) if restarts >= AGREEMENT_RESTARTS else state.best_total
+        best = _keep_best_restarts(result, kept.cpu().double().numpy(), restarts)
+        return _with_samples(best, result, restarts) if keep_all else best

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from lbrgm_fast.cli import app
 from lbrgm_fast.demo import run_demo
+from lbrgm_fast.operators import Inpainting
 from lbrgm_fast.plots import LABEL_BAND
 
 from reference import FIXTURES, nvidia_generator
@@ -155,7 +156,8 @@ def test_profile_and_per_input_timings(weights: dict[str, str], face: Path, tmp_
 def test_restarts_keep_one_result_per_input(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
     mirrored = tmp_path / "mirrored.png"
     Image.open(face).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
-    args = ["--mask-preset", "eyes", "--batch-size", "2", "--restarts", "3", "--frames", "2", "--json"]
+    # Scored every 2 steps, as the frames are taken, so the kept iterate is one of the frames.
+    args = ["--mask-preset", "eyes", "--batch-size", "2", "--restarts", "3", "--frames", "2", "--track-every", "2", "--json"]
     result = invoke(*base_run(weights, tmp_path / "out", str(face), str(mirrored), *args))
     assert result.exit_code == 0, result.output
     for outcome in json.loads(result.stdout):
@@ -171,6 +173,34 @@ def test_restarts_keep_one_result_per_input(weights: dict[str, str], face: Path,
         assert np.abs(shown - np.asarray(Image.open(folder / "restored.png")).astype(int)).max() <= 1
     bad = invoke(*base_run(weights, tmp_path / "x", str(face), "--mask-preset", "eyes", "--restarts", "0"))
     assert bad.exit_code == 2 and "--restarts must be >= 1, got 0" in bad.output
+
+
+def test_samples_write_every_sample_and_their_spread(weights: dict[str, str], face: Path, tmp_path: Path) -> None:
+    folders = []
+    for name in ("a", "b"):  # twice with one seed: the same files
+        result = invoke(*base_run(weights, tmp_path / name, str(face), "--mask-preset", "eyes", "--samples", "3"))
+        assert result.exit_code == 0, result.output
+        folders.append(tmp_path / name / "face")
+    folder = folders[0]
+    samples = np.stack([np.asarray(Image.open(folder / f"sample-{k}.png"), dtype=np.float64) / 255 for k in range(3)])  # [K, H, W, 3]
+    std = np.load(folder / "uncertainty.npy")
+    assert std.shape == (32, 32) and std.dtype == np.float32
+    assert np.abs(std - np.sqrt(samples.var(axis=0, ddof=1).mean(axis=-1))).max() < 2 / 255  # the PNGs are rounded
+    assert np.abs(np.asarray(Image.open(folder / "mean.png")) / 255 - samples.mean(axis=0)).max() < 2 / 255
+    assert Image.open(folder / "uncertainty.png").width > 32
+    report = json.loads((folder / "report.json").read_text())
+    hole = 1 - Inpainting.from_preset("eyes", 32).mask[0, 0].numpy()
+    assert np.isclose(report["uncertainty"]["mean_std_missing_region"], std[hole > 0].mean(), rtol=1e-5)
+    assert report["uncertainty"]["samples"] == 3 and report["restarts"]["count"] == 3
+    latents = np.load(folder / "latents.npz")
+    assert latents["samples_w_plus"].shape == (3, 8, 32) and latents["samples_z"].shape == (3, 32) and latents["samples_step"].shape == (3,)
+    for name in ("uncertainty.npy", "sample-2.png", "restored.png"):
+        assert (folder / name).read_bytes() == (folders[1] / name).read_bytes(), name
+    for extra, message in ((["--samples", "0"], "--samples must be >= 2, got 0"),
+                           (["--samples", "2", "--restarts", "2"], "give --samples or --restarts, not both")):
+        bad = invoke(*base_run(weights, tmp_path / "x", str(face), "--mask-preset", "eyes", *extra))
+        assert bad.exit_code == 2 and message in bad.output and "Traceback" not in bad.output
+        assert len(bad.output.strip().splitlines()) == 1, bad.output
 
 
 def test_summary_shows_optimise_time_and_peak_memory() -> None:
