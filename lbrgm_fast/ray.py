@@ -161,6 +161,28 @@ def _finished_outcome(outcome: InputOutcome) -> InputOutcome:
                                metrics=report["metrics"], timings=report["timings"])
 
 
+def init_ray(**kwargs: object) -> None:
+    """`ray.init(**kwargs)`, called from an empty folder kept for it
+    (`$XDG_CACHE_HOME/lbrgm-fast/ray-driver`, default ~/.cache/...).
+
+    Ray puts the driver's working directory on every worker's sys.path, ahead of the installed
+    packages, and a cluster it starts runs its workers in that directory. Started from a source
+    checkout of lbrgm-fast, the workers would import its bare lbrgm_fast/ folder, which lacks
+    kernels/ and export/ (they install as lbrgm_fast.kernels and lbrgm_fast.export), and die
+    on import. The folder must outlive the cluster (the workers' working directory), so it is
+    not a temporary one. Call this instead of `ray.init` in a process that may run from a
+    checkout (the tests do).
+    """
+    neutral = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lbrgm-fast" / "ray-driver"
+    neutral.mkdir(parents=True, exist_ok=True)
+    here = os.getcwd()
+    os.chdir(neutral)
+    try:
+        ray.init(**kwargs)
+    finally:
+        os.chdir(here)
+
+
 def _connect(address: str) -> bool:
     """Join (or, for "local", start) the cluster; True when this call started Ray, so the job
     shuts it down. A process that has already called `ray.init` keeps its cluster."""
@@ -178,9 +200,9 @@ def _connect(address: str) -> bool:
             raise UserError(absent.format(exc)) from None
     try:
         if address == "local":
-            ray.init(address="local", include_dashboard=False, configure_logging=False)
+            init_ray(address="local", include_dashboard=False, configure_logging=False)
         else:
-            ray.init(address=address, configure_logging=False)
+            init_ray(address=address, configure_logging=False)
     except ConnectionError as exc:
         raise UserError(absent.format(exc)) from None
     except ValueError as exc:  # e.g. ray:// without Ray Client's package

@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray")
 from lbrgm_fast.cli import app  # noqa: E402
 from lbrgm_fast.job import RunOptions, run_job  # noqa: E402
 from lbrgm_fast.progress import JobProgress  # noqa: E402
-from lbrgm_fast.ray import Restorer, SilentJobReporter, run_ray_job  # noqa: E402
+from lbrgm_fast.ray import Restorer, SilentJobReporter, init_ray, run_ray_job  # noqa: E402
 
 from plans import tiny32_plan  # noqa: E402
 
@@ -33,7 +33,9 @@ STEPS = 30
 
 @pytest.fixture(scope="module")
 def cluster() -> object:
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    # From the repository root, a plain ray.init would put the bare lbrgm_fast/ folder on the
+    # workers' sys.path (a non-editable install, as in CI, then fails to import kernels).
+    init_ray(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
