@@ -366,6 +366,8 @@ def eval_command(
             raise UserError("give one of --checkpoint / --engine and one of --images / --in-range")
         if steps < 0 or candidates < 1 or batch_size < 1:
             raise UserError(f"--steps must be >= 0, --candidates and --batch-size >= 1; got {steps}, {candidates}, {batch_size}")
+        if methods is not None:
+            ev.check_methods(_names(methods))  # before the models load: a typo costs no download
         torch_device = resolve_device(device)
         step_options = auto_step_options(torch_device, steps=steps, compile=compile, precision=precision)  # type: ignore[arg-type]
         models = load_models(checkpoint or engine, torch_device, vgg16=vgg16, alexnet=alexnet, monitor="required")  # type: ignore[arg-type]

@@ -109,14 +109,22 @@ def resolve_grid(protocol: str, tasks: Sequence[str] | None, methods: Sequence[s
     p = PROTOCOLS[protocol]
     if p.resolution is not None and p.resolution != resolution:
         raise UserError(f"protocol {protocol} is for {p.resolution} px generators; this one makes {resolution} px images (use --protocol quick or --tasks)")
-    tasks, methods = list(tasks or p.tasks), list(methods or p.methods)
+    tasks, methods = list(tasks or p.tasks), check_methods(methods or p.methods)
     for task in tasks:
         task_operator(task, resolution)
-    if not methods or not tasks:
-        raise UserError(f"give at least one task and method; methods are {', '.join(METHODS)} (or method:preset)")
+    if not tasks:
+        raise UserError("give at least one task")
+    return tasks, methods
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """`methods` ("name" or "name:preset"), checked (UserError for none or an unknown name);
+    it needs no model, so the CLI calls it before loading any."""
+    if not methods:
+        raise UserError(f"give at least one method: {', '.join(METHODS)} (or method:preset)")
     for method in methods:
         parse_method(method)
-    return tasks, methods
+    return list(methods)
 
 
 def in_range_targets(generator: Generator, count: int, seed: int) -> list[Target]:
