@@ -169,17 +169,22 @@ class PreparedInput:
     saved_state: ReconstructionState | None = None  # this input's rows of an interrupted run (--resume)
 
 
+def observation_factor(side: int, resolution: int, factor: int | None, name: str = "") -> int:
+    """The super-resolution factor of a `side` px observation for a `resolution` px generator
+    (`infer_factor`), which must equal `factor` when one is given (ImageError, `name` first)."""
+    inferred = infer_factor(side, resolution)
+    if factor is not None and factor != inferred:
+        raise ImageError(f"{name}a {side}x{side} observation is x{inferred} of {resolution} px, but --factor is {factor}")
+    return inferred
+
+
 def prepare_input(path: Path, options: RunOptions, resolution: int, outcome: InputOutcome, mask: torch.Tensor | None) -> PreparedInput:
     """Load one input as an observation consistent with the operator (raises ImageError)."""
     gt = None
     factor = options.factor
     if options.task == "superres" and not options.degrade:
         image, notes = load_image(path, size=None, strict=True)
-        side = image.shape[-1]
-        inferred = infer_factor(side, resolution)
-        if factor is not None and factor != inferred:
-            raise ImageError(f"{path}: a {side}x{side} observation is x{inferred} of {resolution} px, but --factor is {factor}")
-        factor = inferred
+        factor = observation_factor(image.shape[-1], resolution, factor, name=f"{path}: ")
         observation = image
     else:
         image, notes = load_image(path, size=resolution, strict=options.strict)

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from lbrgm_fast.errors import ImageError, UserError
-from lbrgm_fast.job import InputOutcome, JobWorker, RunOptions, SilentReporter, check_options, input_metrics, load_worker, select_inputs
-from lbrgm_fast.operators import Inpainting, Operator, SuperResolution, infer_factor
+from lbrgm_fast.job import InputOutcome, JobWorker, RunOptions, SilentReporter, check_options, input_metrics, load_worker, observation_factor, select_inputs
+from lbrgm_fast.operators import Inpainting, Operator, SuperResolution
 from lbrgm_fast.progress import JobProgress, WorkerProgress
 from lbrgm_fast.runtime import resolve_device, retained_host_memory
 from lbrgm_fast.runtime.reproducibility import configure_process
@@ -483,9 +483,7 @@ class Restorer:
         """The operator for rows of `side` px images with `mask` ([H, W], 1 = observed)."""
         resolution, options = self.worker.resolution, self.options
         if options.task == "superres":
-            factor = options.factor if options.degrade else infer_factor(side, resolution)
-            if options.factor is not None and options.factor != factor:
-                raise ImageError(f"{side} px observations are x{factor} of {resolution} px, but factor is {options.factor}")
+            factor = options.factor if options.degrade else observation_factor(side, resolution, options.factor)
             if options.degrade and side != resolution:
                 raise ImageError(f"with degrade, images are clean {resolution} px images; got {side} px")
             return SuperResolution(factor, kernel=options.kernel)  # type: ignore[arg-type]
