@@ -278,7 +278,9 @@ def _run_cells(rec: Reconstructor, operator: Operator, missing: torch.Tensor | N
                "seconds": seconds, **{name: float(v[i]) for name, v in scores.items()}, "message": result.stopped[i] or "",
                "curve": curves[i]}
         save_image(_cell_path(out, task, method, t.name, ".png"), result.images[i])
-        save_image(_cell_path(out, task, "observation", t.name, ".png"), _observation_view(observation[i], truth.shape[-1]))
+        seen = _cell_path(out, task, "observation", t.name, ".png")
+        if not seen.is_file():  # one per image and task, whichever method gets there first
+            save_image(seen, _observation_view(observation[i], truth.shape[-1]))
         write_json(_cell_path(out, task, method, t.name, ".json"), row)  # last: its presence means "done"
         rows.append(row)
     return rows
