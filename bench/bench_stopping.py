@@ -46,6 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference import nvidia_generator  # noqa: E402 - the fixtures' loader
 
+from lbrgm_fast.bench import machine_description  # noqa: E402
 from lbrgm_fast.evaluate import in_range_targets, task_operator  # noqa: E402
 from lbrgm_fast.methods import method_settings  # noqa: E402
 from lbrgm_fast.metrics import masked_mean, psnr_from_mse  # noqa: E402
@@ -207,12 +208,11 @@ def main() -> None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(cells))
             print(name, task, {r: round(float(np.mean(v["psnr"])), 2) for r, v in cell["rules"].items()}, cell["seconds"], flush=True)
-    cpu = "Zen 4 EPYC (AMD EPYC family 25 model 17, 2 cores, shared)"
     lines = [
         "# Keeping an iterate without ground truth",
         "",
-        f"- date: {datetime.date.today()}; machine: {cpu}, {platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), load average at the end {os.getloadavg()[0]:.1f}",
+        f"- date: {datetime.date.today()}; machine: {machine_description(torch.device('cpu'))} ({os.cpu_count()} CPUs), "
+        f"{platform.machine()}, load average at the end {os.getloadavg()[0]:.1f}",
         *(f"- command: `nice python bench/bench_stopping.py --generators {name} --targets {c['targets']} --runs {c['runs']} "
           f"--steps {c['steps']} --candidates {c['candidates']}`" for name, c in {c["generator"]: c for c in cells}.items()),
         "- setup: L-BRGM authors preset, in-range targets × runs (seeds 0…runs − 1) per generator as in its command, "

@@ -28,6 +28,7 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference import nvidia_generator  # noqa: E402 - the fixtures' loader
 
+from lbrgm_fast.bench import machine_description  # noqa: E402
 from lbrgm_fast.evaluate import in_range_targets, task_operator  # noqa: E402
 from lbrgm_fast.operators import Inpainting  # noqa: E402
 from lbrgm_fast.perceptual import VGG16Features  # noqa: E402
@@ -79,8 +80,8 @@ def main() -> None:
     lines = [
         "# Does the samples' std point at the errors?",
         "",
-        f"- date: {datetime.date.today()}; machine: Zen 4 EPYC (AMD EPYC family 25 model 17, 2 cores, shared), "
-        f"torch {torch.__version__}, {args.threads} thread(s), load average at the end {os.getloadavg()[0]:.1f}",
+        f"- date: {datetime.date.today()}; machine: {machine_description(torch.device('cpu'))} ({os.cpu_count()} CPUs), "
+        f"load average at the end {os.getloadavg()[0]:.1f}",
         f"- command: `nice python bench/bench_uncertainty.py --generator {args.generator} --targets {args.targets} "
         f"--samples {args.samples} --steps {args.steps} --candidates {args.candidates} --early-stop {args.early_stop}`",
         f"- setup: {args.generator} fixture, {args.targets} in-range targets, L-BRGM authors preset, early stopping "
