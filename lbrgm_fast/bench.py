@@ -160,19 +160,33 @@ def _check(options: BenchOptions, device: torch.device, modes: tuple[str, ...]) 
         parse_mode(mode).check(device)
 
 
+_Models = tuple[Generator, VGG16Features, Inpainting, LpipsAlex]
+
+
 @dataclass
 class _Problem:
-    """One shape at one batch size: the objective and the starting latents every mode copies."""
+    """One shape at one batch size: what every mode builds its objective from, and the starting
+    latents every mode copies."""
 
-    objective: Objective
+    models: _Models
+    observation: torch.Tensor  # y [B, 3, h, w] in [0, 255], missing pixels 0
     w0: torch.Tensor
     z0: torch.Tensor
     flops: int
     truth: torch.Tensor  # the observation's clean image [B, 3, H, W] in [-1, 1], for "-tracked"
-    monitor: LpipsAlex
 
+    @property
+    def monitor(self) -> LpipsAlex:
+        return self.models[3]
 
-_Models = tuple[Generator, VGG16Features, Inpainting, LpipsAlex]
+    def objective(self, options: StepOptions, device: torch.device) -> Objective:
+        """A new objective on copies of the networks, prepared for `options` before anything runs
+        them, as a run prepares them: φ(y) is then computed in the layout the step will run in
+        (channels-last features when compiled on the CPU), so the step is the one a run takes."""
+        G, vgg, operator, _ = self.models
+        G, vgg = copy.deepcopy(G), copy.deepcopy(vgg)
+        prepare_networks([G, vgg], options, device)
+        return Objective(G, operator, vgg, method_settings("lbrgm"), self.observation, None)
 
 
 def _build_models(config: GeneratorConfig, vgg_resolution: int, seed: int, device: torch.device) -> _Models:
@@ -192,7 +206,7 @@ def _count_flops(objective: Objective, w0: torch.Tensor, z0: torch.Tensor) -> in
 
 
 def _problem(models: _Models, batch: int, seed: int) -> _Problem:
-    G, vgg, operator, monitor = models
+    G, vgg, operator, _ = models
     device = next(G.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     z_obs = torch.randn(batch, G.z_dim, generator=gen).to(device)
@@ -202,7 +216,7 @@ def _problem(models: _Models, batch: int, seed: int) -> _Problem:
         observation = operator(generator_to_255(truth))
         w0 = G.mapping(z0)
     objective = Objective(G, operator, vgg, method_settings("lbrgm"), observation, None)
-    return _Problem(objective, w0, z0, _count_flops(objective, w0, z0), truth, monitor)
+    return _Problem(models, observation, w0, z0, _count_flops(objective, w0, z0), truth)
 
 
 def _tracked(step: Callable[[], tuple[torch.Tensor, ...]], problem: _Problem, w: torch.Tensor, z: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
@@ -305,8 +319,7 @@ def _prepare(problem: _Problem, mode: str, device: torch.device, baseline_memory
     _reset_peak_memory(device)
     # Each mode its own networks, prepared as a run in that mode prepares them (weight layout),
     # so that one mode's preparation never changes another's timing, the baseline's least.
-    objective = copy.deepcopy(problem.objective)
-    prepare_networks([objective.generator, objective.perceptual], options, device)
+    objective = problem.objective(options, device)
     w = problem.w0.clone().requires_grad_(True)
     z = problem.z0.clone().requires_grad_(True)
     optimizer = make_optimizer([w, z], objective.settings.lr, objective.settings.betas, options, device)
