@@ -101,6 +101,7 @@ class WorkerProgress:
     index: int
     pid: int | None  # its process (None until it has answered; changes when Ray restarts it)
     host: str
+    threads: int | None = None  # its torch CPU threads (the CPUs Ray gave it)
     images: int = 0  # inputs it has finished (done or failed)
     batches: int = 0  # batches it has finished
     busy_seconds: float = 0.0  # its finished batches, from given out to answer received (the driver's clock)

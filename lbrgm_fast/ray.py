@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -95,6 +95,7 @@ class _NoteList(SilentReporter):
 class _WorkerInfo:
     pid: int
     host: str
+    threads: int  # torch's CPU threads in the worker: the CPUs Ray gave it
     notes: list[str]
     error: str | None  # a UserError while loading (a bad checkpoint, a node without the shared folder)
 
@@ -117,6 +118,9 @@ class _RestoreWorker:
             if not Path(cwd).is_dir():
                 raise UserError(f"{cwd} (where the job was started) is not on {socket.gethostname()}: run from a shared folder")
             os.chdir(cwd)  # relative inputs, --out, --mask ... mean what they mean to the driver
+            # One torch thread per CPU Ray gave this actor (Ray's environment may say 1 whatever
+            # it gave), so a worker holding a whole node's CPUs uses them.
+            torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
             configure_process()
             self.device = resolve_device(options.device)
             self.worker: JobWorker = load_worker(options, self.device, self.reporter)
@@ -124,7 +128,7 @@ class _RestoreWorker:
             self.error = str(exc)
 
     def describe(self) -> _WorkerInfo:
-        return _WorkerInfo(os.getpid(), socket.gethostname(), self.reporter.take(), self.error)
+        return _WorkerInfo(os.getpid(), socket.gethostname(), torch.get_num_threads(), self.reporter.take(), self.error)
 
     def restore(self, inputs: list[InputOutcome], resume: bool) -> _BatchAnswer:
         began = time.perf_counter()
@@ -210,8 +214,10 @@ def _connect(address: str) -> bool:
     return True
 
 
-def _worker_count(options: RunOptions, workers: int | None, gpus_per_worker: float | None, batches: int) -> tuple[int, float]:
-    """(workers, GPUs per worker): by default one per GPU of the cluster, or per CPU without GPUs."""
+def _worker_count(options: RunOptions, workers: int | None, gpus_per_worker: float | None, batches: int) -> tuple[int, float, int]:
+    """(workers, GPUs per worker, CPUs per worker): by default one worker per GPU of the cluster,
+    or per CPU without GPUs. GPU workers hold one CPU each; CPU workers share the nodes' CPUs
+    (`cpus_per_worker`), so fewer workers than CPUs leave no core idle."""
     resources = ray.cluster_resources()
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
     if gpus_per_worker is None:
@@ -223,7 +229,23 @@ def _worker_count(options: RunOptions, workers: int | None, gpus_per_worker: flo
         # Ray would wait for room that never comes.
         raise UserError(f"the Ray cluster has {gpus:g} GPUs and {cpus:g} CPUs: room for {room} workers of "
                         f"{gpus_per_worker:g} GPUs and 1 CPU{'' if workers is None else f', not {workers}'}")
-    return min(workers or room, batches), gpus_per_worker
+    count = min(workers or room, batches)
+    if gpus_per_worker:
+        return count, gpus_per_worker, 1
+    node_cpus = [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    return count, gpus_per_worker, cpus_per_worker(node_cpus, count)
+
+
+def cpus_per_worker(node_cpus: Sequence[float], workers: int) -> int:
+    """The most CPUs each of `workers` CPU workers can hold on nodes with `node_cpus` CPUs, every
+    worker on one node: the largest k with sum(floor(c / k)) >= workers (1 when even 1 does not
+    fit; `_worker_count` refuses that case first). E.g. nodes of 8 and 8 CPUs: 1 worker 8, 3
+    workers 4 (two on one node, one on the other), 16 workers 1."""
+    best = 1
+    for k in range(1, int(max(node_cpus, default=1)) + 1):
+        if sum(int(c // k) for c in node_cpus) >= workers:
+            best = k
+    return best
 
 
 def run_ray_job(
@@ -265,16 +287,18 @@ def run_ray_job(
     started_ray = _connect(address)
     actors: list = []
     try:
-        count, gpus = _worker_count(options, workers, gpus_per_worker, len(queue))
-        actor_class = ray.remote(_RestoreWorker).options(num_cpus=1, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
+        count, gpus, cpus = _worker_count(options, workers, gpus_per_worker, len(queue))
+        actor_class = ray.remote(_RestoreWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=0)
         actors = [actor_class.remote(options, os.getcwd()) for _ in range(count)]
         infos: list[_WorkerInfo] = ray.get([a.describe.remote() for a in actors])
         note = _once(reporter.note)  # every worker loads the same models: one copy of their notes
         note(n for info in infos for n in info.notes)
+        note([f"Ray: {len(infos)} worker(s) on {len({i.host for i in infos})} node(s), "
+              f"{'/'.join(sorted({str(i.threads) for i in infos}))} CPU thread(s) each"])
         if any(info.error for info in infos):
             raise UserError(next(info.error for info in infos if info.error))  # type: ignore[arg-type]
         progress = JobProgress(total=len(pending), done=0, failed=0, elapsed=0.0,
-                               workers=[WorkerProgress(i, info.pid, info.host) for i, info in enumerate(infos)])
+                               workers=[WorkerProgress(i, info.pid, info.host, info.threads) for i, info in enumerate(infos)])
         _drive(actors, queue, outcomes, progress, options, reporter, note)
     finally:
         for actor in actors:

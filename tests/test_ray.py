@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray")
 from lbrgm_fast.cli import app  # noqa: E402
 from lbrgm_fast.job import RunOptions, run_job  # noqa: E402
 from lbrgm_fast.progress import JobProgress  # noqa: E402
-from lbrgm_fast.ray import Restorer, SilentJobReporter, init_ray, run_ray_job  # noqa: E402
+from lbrgm_fast.ray import Restorer, SilentJobReporter, cpus_per_worker, init_ray, run_ray_job  # noqa: E402
 
 from plans import tiny32_plan  # noqa: E402
 
@@ -144,6 +144,7 @@ def test_killed_worker_batch_is_retried_and_resumed(cluster: object, plan: Path,
     reporter = KillWorkerMidBatch(tmp_path)
     outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=STEPS), "local", workers=2, reporter=reporter)
     assert reporter.killed, "no worker was seen mid-batch"
+    assert "Ray: 2 worker(s) on 1 node(s), 1 CPU thread(s) each" in reporter.notes  # two workers share the 2 CPUs
     assert [(o.name, o.status) for o in outcomes] == [(name, "done") for name in NAMES], [o.message for o in outcomes]
     # The killed batch continued from its saved state to the result an unbroken run gives,
     # and inputs finished before the kill were not written again.
@@ -160,8 +161,10 @@ class InterruptAfter(SilentJobReporter):
     def __init__(self, done: int) -> None:
         self.done = done
         self.ended = False
+        self.threads: list[int | None] = []
 
     def update(self, progress: JobProgress) -> None:
+        self.threads = [w.threads for w in progress.workers]
         if progress.done >= self.done:
             raise KeyboardInterrupt
 
@@ -174,6 +177,7 @@ def test_interrupted_cluster_job_resumes_without_recomputing(cluster: object, pl
     with pytest.raises(KeyboardInterrupt):
         run_ray_job(options(plan, inputs, tmp_path, steps=STEPS), "local", workers=1, reporter=interrupt)
     assert interrupt.ended  # the progress display is told, so it can stop
+    assert interrupt.threads == [2]  # one CPU worker on the 2-CPU cluster holds both CPUs and uses them
     finished = {p.parent.name: p.read_bytes() for p in tmp_path.glob("*/report.json")}
     assert 1 <= len(finished) < IMAGES
     outcomes = run_ray_job(options(plan, inputs, tmp_path, steps=STEPS, resume=True), "local", workers=2)
@@ -181,6 +185,15 @@ def test_interrupted_cluster_job_resumes_without_recomputing(cluster: object, pl
     assert status == {name: "skipped" if name in finished else "done" for name in NAMES}
     assert {name: (tmp_path / name / "report.json").read_bytes() for name in finished} == finished
     assert_same_results(local_run, tmp_path, NAMES)
+
+
+def test_cpu_workers_share_each_node_s_cpus() -> None:
+    assert cpus_per_worker([2], 1) == 2 and cpus_per_worker([2], 2) == 1
+    assert cpus_per_worker([8, 8], 1) == 8  # one worker lives on one node: not 16
+    assert cpus_per_worker([8, 8], 3) == 4  # 4+4 on one node, 4 on the other (5 would fit only 2)
+    assert cpus_per_worker([8, 8], 16) == 1
+    assert cpus_per_worker([6, 2], 2) == 3  # 3+3 on the first node; 4 fits only one worker
+    assert cpus_per_worker([1], 1) == 1
 
 
 def test_restorer_on_a_ray_dataset(cluster: object, plan: Path, inputs: Path, tmp_path: Path) -> None:
