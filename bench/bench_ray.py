@@ -5,7 +5,8 @@
 On a local cluster of this machine's CPUs (`ray.init(num_cpus=...)`), `run_ray_job` restores
 `--images` 32 px images with the tiny32 fixture generator (an engine plan with a seeded random
 φ at 32 px, built into a temporary folder, so nothing is downloaded): 'mouth' inpainting,
-L-BRGM authors preset, 4 candidates, eager fp32 step, each worker one CPU thread. Per worker count:
+L-BRGM authors preset, 4 candidates, eager fp32 step; CPU workers share the CPUs (one
+torch thread per CPU each holds: 1 worker of 2 CPUs runs 2 threads). Per worker count:
 
 - wall: the job from `run_ray_job` to its return (workers started and loaded included), and
   images per hour from it;
