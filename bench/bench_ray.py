@@ -1,10 +1,10 @@
 """Restoring on a Ray cluster: images per hour with 1 and 2 workers, and Ray's cost per batch.
 
-    python bench/bench_ray.py [--images 8] [--steps 100] [--workers 1,2] [--batch-size 1]
+    python bench/bench_ray.py [--images 8] [--steps 100] [--workers 1,2] [--batch-size 1] [--cpus N]
 
-On a local cluster of this machine's CPUs (`ray.init(num_cpus=...)`), `run_ray_job` restores
-`--images` 32 px images with the tiny32 fixture generator (an engine plan with a seeded random
-φ at 32 px, built into a temporary folder, so nothing is downloaded): 'mouth' inpainting,
+On a local cluster of `--cpus` CPUs (default: this machine's), `run_ray_job` restores `--images`
+32 px images with the tiny32 fixture generator (an engine plan with a seeded random φ at 32
+px, built into a temporary folder, so nothing is downloaded): 'mouth' inpainting,
 L-BRGM authors preset, 4 candidates, eager fp32 step; CPU workers share the CPUs (one
 torch thread per CPU each holds: 1 worker of 2 CPUs runs 2 threads). Per worker count:
 
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs of the local Ray cluster")
     args = parser.parse_args()
 
     import numpy as np
@@ -62,10 +63,10 @@ def main() -> None:
 
         print(f"# bench_ray {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, python {sys.version.split()[0]}, ray {ray.__version__}")
-        print(f"# {args.images} images, {args.steps} steps, batch size {args.batch_size}, one CPU thread per worker\n")
-        print("| workers | wall s | images/h (wall) | images/h (steady) | batches | worker s/batch | Ray ms/batch | Ray share |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        ray.init(num_cpus=max(worker_counts), include_dashboard=False, configure_logging=False)
+        print(f"# tiny32, {args.images} images, {args.steps} steps, batch size {args.batch_size}, a cluster of {args.cpus} CPUs\n")
+        print("| workers | threads per worker | wall s | images/h (wall) | images/h (steady) | batches | worker s/batch | Ray ms/batch | Ray share |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False)
         try:
             for workers in worker_counts:
                 options = RunOptions(inputs=[str(folder / "in")], out=folder / f"out{workers}", engine=str(plan), forward_backend="torch",
@@ -80,7 +81,8 @@ def main() -> None:
                 batches = sum(w.batches for w in shown)
                 busy, compute = sum(w.busy_seconds for w in shown), sum(w.compute_seconds for w in shown)
                 steady = sum(w.images_per_hour or 0 for w in shown)
-                print(f"| {workers} | {wall:.1f} | {3600 * args.images / wall:.0f} | {steady:.0f} | {batches} | {compute / batches:.2f} | "
+                threads = "/".join(sorted({str(getattr(w, "threads", None) or "?") for w in shown}))
+                print(f"| {workers} | {threads} | {wall:.1f} | {3600 * args.images / wall:.0f} | {steady:.0f} | {batches} | {compute / batches:.2f} | "
                       f"{1000 * (busy - compute) / batches:.1f} | {(busy - compute) / busy:.2%} |")
         finally:
             ray.shutdown()
