@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=20)
-    parser.add_argument("--early-stop", default="auto", choices=["auto", "holdout", "none"])
+    parser.add_argument("--early-stop", default="auto", choices=["auto", "objective", "holdout", "none"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/uncertainty"))
     args = parser.parse_args()
