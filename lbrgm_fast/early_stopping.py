@@ -92,6 +92,25 @@ def score_function(
     return lambda images, total: torch.zeros(images.shape[0], device=images.device)
 
 
+def restart_scores(
+    rule: str, images: torch.Tensor, region: torch.Tensor, restarts: int, best_score: torch.Tensor, best_total: torch.Tensor
+) -> torch.Tensor:
+    """What each restart is compared by to keep one per observation, (B·R,), lower is better.
+
+    With ground truth or a holdout, the rule's score at its kept iterate (`best_score`);
+    without ("objective", "none"), the restarts' agreement (`agreement_scores`) from
+    `AGREEMENT_RESTARTS` restarts on, else J at the kept iterate (`best_total`). A restart
+    that never had a finite loss scores inf under every rule (its kept images are its start).
+    images: [B·R, 3, H, W] at the kept iterates; region: [1, 1, H, W]; best_*: (B·R,).
+    """
+    if rule not in AGREEING_RULES:
+        return best_score
+    if restarts < AGREEMENT_RESTARTS:
+        return best_total
+    agreement = agreement_scores(images, region, restarts)
+    return torch.where(torch.isfinite(best_total).to(agreement.device), agreement, torch.inf)
+
+
 def agreement_scores(images: torch.Tensor, region: torch.Tensor, restarts: int) -> torch.Tensor:
     """Each restart's mean squared distance to its observation's restarts' per-pixel mean over
     `region`, (B·R,), lower is better (the medoid of the restarts scores lowest).

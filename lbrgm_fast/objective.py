@@ -70,12 +70,13 @@ def perceptual_input(images_255: torch.Tensor) -> torch.Tensor:
 
 def pixel_term(measured_255: torch.Tensor, observation_255: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """mean((A G(w) − y)²) per sample, (B,): images [B, 3, h, w] in [0, 255]; with `keep`
-    [B | 1, 1, h, w] (1 = use), the mean over the kept pixels' channel values only."""
+    [B | 1, 1, h, w] (1 = use), the mean over the kept pixels' channel values only (0 for a
+    sample that keeps none: a small observation can draw an empty holdout)."""
     squared = (measured_255 - observation_255).square()
     if keep is None:
         return squared.flatten(1).mean(dim=1)
     kept = keep.expand_as(squared)
-    return (squared * kept).flatten(1).sum(dim=1) / kept.flatten(1).sum(dim=1)
+    return (squared * kept).flatten(1).sum(dim=1) / kept.flatten(1).sum(dim=1).clamp_min(1)
 
 
 class Objective(nn.Module):

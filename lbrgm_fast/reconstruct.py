@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lbrgm_fast.early_stopping import AGREEING_RULES, AGREEMENT_RESTARTS, EarlyStop, RULES, agreement_scores, holdout_mask, resolve_rule, score_function
+from lbrgm_fast.early_stopping import EarlyStop, RULES, holdout_mask, resolve_rule, restart_scores, score_function
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.loop import AdamStep, optimise, start_latents
 from lbrgm_fast.methods import MethodSettings, method_settings, resolve_preset
@@ -521,10 +521,6 @@ class Reconstructor:
             initial_z=None if initial_z is None else initial_z.cpu(),
             timings=timings,
         )
-        # Without ground truth ("objective", "none") the restarts' agreement decides
-        # (early_stopping.py), or with fewer restarts the objective at each row's kept iterate.
-        kept = state.best_score
-        if rule in AGREEING_RULES:
-            kept = agreement_scores(images, region, restarts) if restarts >= AGREEMENT_RESTARTS else state.best_total
+        kept = restart_scores(rule, images, region, restarts, state.best_score, state.best_total)
         best = _keep_best_restarts(result, kept.cpu().double().numpy(), restarts)
         return _with_samples(best, result, restarts) if keep_all else best

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from lbrgm_fast.early_stopping import agreement_scores, holdout_mask
+from lbrgm_fast.early_stopping import agreement_scores, holdout_mask, restart_scores
+from lbrgm_fast.objective import pixel_term
 from lbrgm_fast.errors import UserError
 from lbrgm_fast.methods import method_settings
 from lbrgm_fast.model import Generator
@@ -377,6 +378,32 @@ def test_agreement_keeps_the_restart_closest_to_the_restarts_mean() -> None:
     scores = agreement_scores(images, region, 3)
     assert torch.allclose(scores, torch.tensor([1.1, 0.8, 1.9], dtype=torch.float64).div(3).square())
     assert int(scores.argmin()) == 1
+
+
+def test_restarts_that_never_had_a_finite_loss_are_never_kept() -> None:
+    # Restart 1 agrees best (the test above) but never had a finite loss (J inf): it must not
+    # win on agreement; with ground truth or a holdout the rule's own score decides.
+    region = torch.ones(1, 1, 4, 4)
+    images = torch.stack([torch.full((3, 4, 4), v) for v in (0.0, 0.1, 1.0)])
+    best_total = torch.tensor([2.0, math.inf, 1.0])
+    best_score = torch.tensor([0.3, math.inf, 0.2])
+    for rule in ("objective", "none"):
+        scores = restart_scores(rule, images, region, 3, best_score, best_total)
+        assert math.isinf(scores[1]) and torch.equal(scores[[0, 2]], agreement_scores(images, region, 3)[[0, 2]])
+        assert int(scores.argmin()) == 0  # 0 is nearer the three's mean than 2
+        assert torch.equal(restart_scores(rule, images[:2], region, 2, best_score[:2], best_total[:2]), best_total[:2])
+    assert torch.equal(restart_scores("holdout", images, region, 3, best_score, best_total), best_score)
+
+
+def test_an_empty_holdout_scores_zero_not_nan() -> None:
+    # A 4x4 observation often draws no held-out pixel: its score must stay comparable (0),
+    # or no iterate would ever be kept (nan <= best is False).
+    measured, observed = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    keep = torch.zeros(2, 1, 4, 4)
+    keep[1, :, 0, 0] = 1
+    scores = pixel_term(measured, observed, keep)
+    assert scores[0] == 0
+    assert torch.isclose(scores[1], (measured[1, :, 0, 0] - observed[1, :, 0, 0]).square().mean())
 
 
 class _ScriptedMonitor:
