@@ -61,8 +61,8 @@ def main() -> None:
     rows = ev.evaluate(generator, perceptual, monitor, targets, tasks, methods, args.out, steps=args.steps, candidates=args.candidates,
                        seed=args.seed, batch_size=args.batch_size or args.images, step_options=StepOptions(precision=args.precision),
                        on_note=print)
-    ev.write_results(rows, args.out)
-    ev.write_figures(rows, targets, args.out)
+    _, curves = ev.write_results(rows, args.out)
+    ev.write_figures(rows, targets, args.out, curves)
     print(f"wall {time.perf_counter() - started:.1f} s for {len(rows)} cells")
 
 

@@ -384,8 +384,8 @@ def eval_command(
                            steps=steps, candidates=candidates, seed=seed, batch_size=batch_size, step_options=step_options,
                            engine=models.engine, on_note=lambda message: stderr.print(escape(message), highlight=False))
         rows += [ev.failed_row(name, task, method, message) for name, message in failed for task in task_list for method in method_list]
-        ev.write_results(rows, out)
-        ev.write_figures(rows, targets, out)
+        _, curves = ev.write_results(rows, out)
+        ev.write_figures(rows, targets, out, curves)
     stderr.print(f"wrote {out / 'summary.md'}")
     if any(r["status"] == "failed" for r in rows):
         raise typer.Exit(2)

@@ -347,28 +347,44 @@ def summarise(rows: Sequence[dict]) -> dict:
     return summary
 
 
+def _on_steps(curve: dict, steps: list[int]) -> dict | None:
+    """`curve` on the logged `steps`: as it is, or, when it stopped early (every image of its
+    batch went non-finite) and its steps begin `steps`, held at its last values (a "so far"
+    curve stays flat after a stop, and no more time is spent); None for other steps."""
+    n = len(curve["step"])
+    if curve["step"] != steps[:n] or not n:
+        return None
+    pad = len(steps) - n
+    return {"step": steps, "seconds": curve["seconds"] + curve["seconds"][-1:] * pad,
+            "lpips_alex": curve["lpips_alex"] + curve["lpips_alex"][-1:] * pad}
+
+
 def time_to_quality(rows: Sequence[dict]) -> dict:
     """Per task and method: {"images", "step": [T], "seconds": [T], "lpips_alex": [T],
     "converged_step", "converged_seconds"}: the means over the images every method finished
-    (and that hold a curve of the same logged steps) of their oracle curves (`_oracle_curves`),
-    and the first logged step at which the mean is within `CONVERGED_WITHIN` of its final value."""
+    (and whose curve has the task's logged steps, `_on_steps`) of their oracle curves
+    (`_oracle_curves`), and the first logged step at which the mean is within
+    `CONVERGED_WITHIN` of its final value (None where the final mean is not finite)."""
     result: dict = {}
     for task, (methods, images, table) in _comparable(rows).items():
-        curves = {m: [table[i, m]["curve"] for i in images if table[i, m].get("curve")] for m in methods}
-        if not all(curves.values()):
+        found = {m: [table[i, m]["curve"] for i in images if table[i, m].get("curve")] for m in methods}
+        if not any(found.values()):
             continue
-        steps = next(iter(curves.values()))[0]["step"]
+        steps = max((c["step"] for cs in found.values() for c in cs), key=len)
         result[task] = {}
-        for method, found in curves.items():
-            same = [c for c in found if c["step"] == steps]
+        for method, curves in found.items():
+            same = [c for c in (_on_steps(c, steps) for c in curves) if c is not None]
+            if not same:
+                continue
             lpips = np.array([[np.nan if v is None else v for v in c["lpips_alex"]] for c in same], dtype=np.float64)
             mean = np.nanmean(lpips, axis=0) if np.isfinite(lpips).any(axis=0).all() else np.full(len(steps), np.nan)
             seconds = np.mean([c["seconds"] for c in same], axis=0)
             within = np.flatnonzero(mean <= mean[-1] * (1 + CONVERGED_WITHIN)) if np.isfinite(mean[-1]) else np.array([], int)
-            first = int(within[0]) if len(within) else len(steps) - 1
+            first = int(within[0]) if len(within) else None
             result[task][method] = {"images": len(same), "step": steps, "seconds": seconds.round(4).tolist(),
                                     "lpips_alex": [None if not math.isfinite(v) else round(float(v), 6) for v in mean],
-                                    "converged_step": steps[first], "converged_seconds": round(float(seconds[first]), 4)}
+                                    "converged_step": None if first is None else steps[first],
+                                    "converged_seconds": None if first is None else round(float(seconds[first]), 4)}
     return result
 
 
@@ -390,14 +406,15 @@ def summary_markdown(summary: dict, curves: dict | None = None) -> str:
                 values, n = c["lpips_alex"], len(c["step"])
                 at = [values[0], values[(n - 1) // 4], values[(n - 1) // 2], values[-1]]
                 cells = ["–" if v is None else f"{v:.4g}" for v in at]
-                lines.append(f"| {method} | " + " | ".join(cells) + f" | {c['converged_step']} | {c['converged_seconds']:.3g} |")
+                settled = ["–", "–"] if c["converged_step"] is None else [str(c["converged_step"]), f"{c['converged_seconds']:.3g}"]
+                lines.append(f"| {method} | " + " | ".join([*cells, *settled]) + " |")
             lines.append("")
     return "\n".join(lines)
 
 
-def write_results(rows: Sequence[dict], out: Path) -> dict:
+def write_results(rows: Sequence[dict], out: Path) -> tuple[dict, dict]:
     """results.csv, summary.json, time_to_quality.json and summary.md in `out`, atomically;
-    returns the summary."""
+    returns the summary and the time-to-quality curves (`summarise`, `time_to_quality`)."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
@@ -407,18 +424,19 @@ def write_results(rows: Sequence[dict], out: Path) -> dict:
     write_json(out / "summary.json", summary)
     write_json(out / "time_to_quality.json", curves)
     atomic_write(out / "summary.md", lambda f: f.write(summary_markdown(summary, curves).encode()))
-    return summary
+    return summary, curves
 
 
 # ---------------------------------------------------------------------------------------------
 # Figures
 
 
-def write_figures(rows: Sequence[dict], targets: Sequence[Target], out: Path) -> list[Path]:
+def write_figures(rows: Sequence[dict], targets: Sequence[Target], out: Path, curves: dict) -> list[Path]:
     """Per task: figure-<task>.png, ground truth | observation | each method (captioned with
     its LPIPS(alex) and PSNR) for the first `FIGURE_ROWS` images every method finished (read
     back from the stored cells); and time-to-quality-<task>.png, `time_to_quality`'s curves
-    against steps and against seconds per image."""
+    against steps and against seconds per image (`curves`: `time_to_quality(rows)`, as
+    `write_results` returns it)."""
     truths = {t.name: t.image for t in targets}
     written = []
     for task, (methods, finished, table) in _comparable(rows).items():
@@ -431,10 +449,10 @@ def write_figures(rows: Sequence[dict], targets: Sequence[Target], out: Path) ->
         path = out / f"figure-{task.replace(':', '-')}.png"
         atomic_write(path, lambda f: figure.save(f, format="PNG"))
         written.append(path)
-    for task, curves in time_to_quality(rows).items():
-        lpips = {m: np.array([np.nan if v is None else v for v in c["lpips_alex"]]) for m, c in curves.items()}
-        by_step = line_chart({m: (np.array(c["step"]), lpips[m]) for m, c in curves.items()}, "step", "LPIPS", f"{task}: oracle LPIPS(alex) so far, mean")
-        by_time = line_chart({m: (np.array(c["seconds"]), lpips[m]) for m, c in curves.items()}, "seconds per image", "LPIPS", "the same against time")
+    for task, per_method in curves.items():
+        lpips = {m: np.array([np.nan if v is None else v for v in c["lpips_alex"]]) for m, c in per_method.items()}
+        by_step = line_chart({m: (np.array(c["step"]), lpips[m]) for m, c in per_method.items()}, "step", "LPIPS", f"{task}: oracle LPIPS(alex) so far, mean")
+        by_time = line_chart({m: (np.array(c["seconds"]), lpips[m]) for m, c in per_method.items()}, "seconds per image", "LPIPS", "the same against time")
         chart = Image.new("RGB", (by_step.width + by_time.width, by_step.height), "white")
         chart.paste(by_step, (0, 0))
         chart.paste(by_time, (by_step.width, 0))

@@ -111,6 +111,24 @@ def test_time_to_quality_averages_curves_on_a_hand_made_table() -> None:
     assert "| lbrgm | 0.6 | 0.6 | 0.4 | 0.2 | 20 | 3 |" in text
 
 
+def test_time_to_quality_holds_a_curve_that_stopped_early() -> None:
+    """A run whose every image went non-finite stops logging: its curve is shorter, held at its
+    last values on the task's longer steps (closed form), whichever method logged first; a
+    method whose every image never had a finite LPIPS has no settled step."""
+    def with_curve(image: str, method: str, steps: list[int], lpips: list) -> dict:
+        return {**row(image, method, 0.2, 0.5), "curve": {"step": steps, "seconds": [1.0 + s / 10 for s in steps], "lpips_alex": lpips}}
+
+    rows = [
+        with_curve("a", "lbrgm", [0, 10], [0.5, 0.3]), with_curve("b", "lbrgm", [0, 10, 20], [0.7, 0.5, 0.4]),
+        with_curve("a", "none", [0, 10, 20], [None, None, None]), with_curve("b", "none", [0, 10], [None, None]),
+    ]
+    curves = ev.time_to_quality(rows)["inpaint:eyes"]
+    assert curves["lbrgm"]["step"] == [0, 10, 20] and curves["lbrgm"]["images"] == 2
+    assert curves["lbrgm"]["lpips_alex"] == pytest.approx([0.6, 0.4, 0.35]) and curves["lbrgm"]["seconds"] == pytest.approx([1.0, 2.0, 2.5])
+    assert curves["none"]["converged_step"] is None and curves["none"]["lpips_alex"] == [None, None, None]
+    assert "| none | – | – | – | – | – | – |" in ev.summary_markdown(ev.summarise(rows), ev.time_to_quality(rows))
+
+
 def test_method_presets_in_the_grid() -> None:
     """`method:preset` names another preset of the method; the paper protocols compare with the
     L-BRGM paper's copy of BRGM."""
@@ -138,14 +156,14 @@ def test_eval_resumes_without_recomputing_finished_cells(tiny32: Generator, nets
     assert len(rows) == 8 and all(r["status"] == "done" and 0 <= r["best_step"] <= 3 for r in rows)
     assert all(math.isfinite(r["psnr"]) for r in rows)  # no start is a ground truth (seeds kept apart)
     assert rows[0]["hole_lpips_alex"] is not None and [r for r in rows if r["task"] == "superres:4"][0].get("hole_mse") is None
-    summary = ev.write_results(rows, tmp_path)
+    summary, curves = ev.write_results(rows, tmp_path)
     assert summary["inpaint:eyes"]["lbrgm"]["images"] == 2
     header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     assert header == list(ev.CSV_FIELDS) and len((tmp_path / "results.csv").read_text().splitlines()) == 9
     for r in rows:  # the oracle so far at the logged steps (0 and the last), the seconds spent by then
         curve = r["curve"]
         assert curve["step"] == [0, 3] and curve["lpips_alex"][1] <= curve["lpips_alex"][0] and 0 < curve["seconds"][0] < curve["seconds"][1]
-    (figure,) = [p for p in ev.write_figures(rows, targets, tmp_path) if p.name.startswith("figure-") and "eyes" in p.name]
+    (figure,) = [p for p in ev.write_figures(rows, targets, tmp_path, curves) if p.name.startswith("figure-") and "eyes" in p.name]
     with Image.open(figure) as img:  # ground truth | observation | lbrgm | none, 32 px panels enlarged 4x
         assert img.size == (4 * 128, 2 * 128 + LABEL_BAND)
     assert (tmp_path / "time-to-quality-inpaint-eyes.png").is_file() and "Time to quality" in (tmp_path / "summary.md").read_text()
