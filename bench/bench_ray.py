@@ -45,7 +45,7 @@ def main() -> None:
 
     from lbrgm_fast.build import build_plan
     from lbrgm_fast.job import RunOptions
-    from lbrgm_fast.ray import SilentJobReporter, run_ray_job
+    from lbrgm_fast.ray import SilentJobReporter, init_ray, run_ray_job
 
     worker_counts = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +66,7 @@ def main() -> None:
         print(f"# tiny32, {args.images} images, {args.steps} steps, batch size {args.batch_size}, a cluster of {args.cpus} CPUs\n")
         print("| workers | threads per worker | wall s | images/h (wall) | images/h (steady) | batches | worker s/batch | Ray ms/batch | Ray share |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False)
+        init_ray(num_cpus=args.cpus, include_dashboard=False, configure_logging=False)  # not from the checkout: see init_ray
         try:
             for workers in worker_counts:
                 options = RunOptions(inputs=[str(folder / "in")], out=folder / f"out{workers}", engine=str(plan), forward_backend="torch",
@@ -81,7 +81,7 @@ def main() -> None:
                 batches = sum(w.batches for w in shown)
                 busy, compute = sum(w.busy_seconds for w in shown), sum(w.compute_seconds for w in shown)
                 steady = sum(w.images_per_hour or 0 for w in shown)
-                threads = "/".join(sorted({str(getattr(w, "threads", None) or "?") for w in shown}))
+                threads = "/".join(sorted({str(w.threads) for w in shown}))
                 print(f"| {workers} | {threads} | {wall:.1f} | {3600 * args.images / wall:.0f} | {steady:.0f} | {batches} | {compute / batches:.2f} | "
                       f"{1000 * (busy - compute) / batches:.1f} | {(busy - compute) / busy:.2%} |")
         finally:

@@ -242,9 +242,10 @@ def cpus_per_worker(node_cpus: Sequence[float], workers: int) -> int:
     fit; `_worker_count` refuses that case first). E.g. nodes of 8 and 8 CPUs: 1 worker 8, 3
     workers 4 (two on one node, one on the other), 16 workers 1."""
     best = 1
-    for k in range(1, int(max(node_cpus, default=1)) + 1):
-        if sum(int(c // k) for c in node_cpus) >= workers:
-            best = k
+    for k in range(2, int(max(node_cpus, default=1)) + 1):
+        if sum(int(c // k) for c in node_cpus) < workers:
+            break  # fewer fit for every larger k too
+        best = k
     return best
 
 
@@ -293,10 +294,10 @@ def run_ray_job(
         infos: list[_WorkerInfo] = ray.get([a.describe.remote() for a in actors])
         note = _once(reporter.note)  # every worker loads the same models: one copy of their notes
         note(n for info in infos for n in info.notes)
-        note([f"Ray: {len(infos)} worker(s) on {len({i.host for i in infos})} node(s), "
-              f"{'/'.join(sorted({str(i.threads) for i in infos}))} CPU thread(s) each"])
         if any(info.error for info in infos):
             raise UserError(next(info.error for info in infos if info.error))  # type: ignore[arg-type]
+        note([f"Ray: {len(infos)} worker(s) on {len({i.host for i in infos})} node(s), "
+              f"{'/'.join(sorted({str(i.threads) for i in infos}))} CPU thread(s) each"])
         progress = JobProgress(total=len(pending), done=0, failed=0, elapsed=0.0,
                                workers=[WorkerProgress(i, info.pid, info.host, info.threads) for i, info in enumerate(infos)])
         _drive(actors, queue, outcomes, progress, options, reporter, note)
@@ -442,7 +443,7 @@ class Restorer:
 
     Each actor loads the models once and keeps one compiled step for all its batches.
 
-    Args (`fn_constructor_kwargs`): any `RunOptions` field but `inputs` and `out`, meaning what
+    Args (`fn_constructor_kwargs`): any `RunOptions` field but `inputs`, `out` and `samples`, meaning what
         the `run` option of that name means (checkpoint or engine, task, mask_preset or mask,
         factor, kernel, method, steps, candidates, seed, restarts, device, ...). `degrade=True`
         makes each observation from its clean image with the task's operator (and scores it).
@@ -477,7 +478,9 @@ class Restorer:
         images = _as_float(batch["image"], "image")  # [B, 3, h, w]
         truth = _as_float(batch["ground_truth"], "ground_truth") if "ground_truth" in batch else None
         rows = len(images)
-        masks = _as_masks(batch["mask"], rows) if "mask" in batch else None  # [B, H, W] bool
+        if "mask" in batch and self.options.task != "inpaint":
+            raise ImageError(f"a 'mask' column is for task 'inpaint', not '{self.options.task}'")
+        masks = _as_masks(batch["mask"], rows, self.worker.resolution) if "mask" in batch else None  # [B, H, W] bool
         groups: dict[bytes, list[int]] = {}  # rows sharing one mask share one operator
         for r in range(rows):
             groups.setdefault(b"" if masks is None else masks[r].tobytes(), []).append(r)
@@ -521,12 +524,14 @@ class Restorer:
         return self.worker.shared_operator
 
 
-def _as_masks(masks: np.ndarray, rows: int) -> np.ndarray:
+def _as_masks(masks: np.ndarray, rows: int, resolution: int) -> np.ndarray:
     """The "mask" column, [B, H, W] with values in [0, 1] -> [B, H, W] bool, True where observed
-    (above 0.5: binary, as a mask file is read)."""
+    (above 0.5); each mask the generator's `resolution` square."""
     array = np.asarray(masks)
     if array.ndim != 3 or len(array) != rows:
         raise ImageError(f"column 'mask' must hold one [H, W] mask per image, got {list(array.shape)} for {rows} images")
+    if array.shape[1:] != (resolution, resolution):
+        raise ImageError(f"column 'mask' holds {array.shape[2]}x{array.shape[1]} masks; the generator makes {resolution}x{resolution} images")
     return np.ascontiguousarray(array > 0.5)
 
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 ray = pytest.importorskip("ray")
 
 from lbrgm_fast.cli import app  # noqa: E402
+from lbrgm_fast.errors import ImageError  # noqa: E402
 from lbrgm_fast.job import RunOptions, run_job  # noqa: E402
 from lbrgm_fast.progress import JobProgress  # noqa: E402
 from lbrgm_fast.ray import Restorer, SilentJobReporter, cpus_per_worker, init_ray, run_ray_job  # noqa: E402
@@ -213,6 +214,17 @@ def test_restorer_on_a_ray_dataset(cluster: object, plan: Path, inputs: Path, tm
         report = json.loads((tmp_path / name / "report.json").read_text())
         assert row["best_step"] == report["metrics"]["best_step"]
         assert row["psnr"] == pytest.approx(report["metrics"]["psnr"], abs=1e-4)
+
+
+def test_restorer_refuses_masks_it_cannot_use(plan: Path, inputs: Path) -> None:
+    # Called in this process (no cluster needed): a mask of another size, or a mask column for a
+    # task without masks, is one clear ImageError, not a broadcasting error or a silent no-op.
+    kwargs = dict(engine=str(plan), forward_backend="torch", steps=1, candidates=2, device="cpu", compile=False)
+    image = np.asarray(Image.open(inputs / "img0.png"))[None]
+    with pytest.raises(ImageError, match="holds 64x64 masks; the generator makes 32x32 images"):
+        Restorer(**kwargs)({"image": image, "mask": np.ones((1, 64, 64), np.float32)})
+    with pytest.raises(ImageError, match="a 'mask' column is for task 'inpaint', not 'superres'"):
+        Restorer(**kwargs, task="superres", factor=4)({"image": image[:, ::4, ::4], "mask": np.ones((1, 32, 32), np.float32)})
 
 
 def test_restorer_masks_per_row(cluster: object, plan: Path, inputs: Path, tmp_path: Path) -> None:
