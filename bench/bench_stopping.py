@@ -50,7 +50,6 @@ from lbrgm_fast.bench import machine_description  # noqa: E402
 from lbrgm_fast.evaluate import in_range_targets, task_operator  # noqa: E402
 from lbrgm_fast.methods import method_settings  # noqa: E402
 from lbrgm_fast.metrics import masked_mean, psnr_from_mse  # noqa: E402
-from lbrgm_fast.operators import Inpainting  # noqa: E402
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features  # noqa: E402
 from lbrgm_fast.progress import ProgressReport  # noqa: E402
 from lbrgm_fast.reconstruct import Reconstructor  # noqa: E402
@@ -120,7 +119,7 @@ def measure(name: str, task: str, args: argparse.Namespace, vgg: VGG16Features, 
     op = task_operator(task, res)
     truth = torch.stack([t.image for t in targets]).repeat_interleave(args.runs, dim=0)  # row t·R + r
     seeds = [r for _ in targets for r in range(args.runs)]
-    missing = 1 - op.mask if isinstance(op, Inpainting) else torch.ones(1, 1, res, res)
+    missing = torch.ones(1, 1, res, res) if op.observed() is None else 1 - op.observed()
     region = Region(truth, missing, alex)
     with torch.no_grad():
         y = op(truth)

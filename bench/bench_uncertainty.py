@@ -30,7 +30,6 @@ from reference import nvidia_generator  # noqa: E402 - the fixtures' loader
 
 from lbrgm_fast.bench import machine_description  # noqa: E402
 from lbrgm_fast.evaluate import in_range_targets, task_operator  # noqa: E402
-from lbrgm_fast.operators import Inpainting  # noqa: E402
 from lbrgm_fast.perceptual import VGG16Features  # noqa: E402
 from lbrgm_fast.reconstruct import Reconstructor  # noqa: E402
 
@@ -65,7 +64,7 @@ def main() -> None:
     cells = []
     for task in TASKS[args.generator]:
         op = task_operator(task, res)
-        region = (1 - op.mask[0, 0] if isinstance(op, Inpainting) else torch.ones(res, res)).bool().numpy()
+        region = (torch.ones(res, res) if op.observed() is None else 1 - op.observed()[0, 0]).bool().numpy()
         with torch.no_grad():
             y = op(truth)
         result = rec.run(y, op, seed=0, samples=args.samples)

@@ -236,7 +236,8 @@ def evaluate(
     rows: list[dict] = []
     for task in tasks:
         operator = task_operator(task, resolution)
-        missing = 1 - operator.mask if isinstance(operator, Inpainting) else None
+        observed = operator.observed()
+        missing = None if observed is None else 1 - observed
         for method in methods:
             name, preset = parse_method(method)
             rec = Reconstructor(generator, perceptual, method=name, preset=preset, steps=steps, candidates=candidates,

@@ -261,7 +261,7 @@ def write_outputs(
     restored = result.images[index]
     save_image(folder / "restored.png", restored)
     save_image(folder / "observation.png", prepared.observation)
-    mask = operator.mask[0].cpu() if isinstance(operator, Inpainting) else None
+    mask = None if (observed := operator.observed()) is None else observed[0].cpu()
     if mask is not None:
         save_image(folder / "merged.png", mask * prepared.observation + (1 - mask) * restored)
     z = result.z[index].numpy() if result.z is not None else np.zeros(0, dtype=np.float32)
@@ -434,7 +434,8 @@ class JobWorker:
         self.reporter = reporter or SilentReporter()
         self.resolution = models.generator.img_resolution
         self.shared_operator = None if options.task == "superres" else build_operator(options, self.resolution, None)
-        self.mask = self.shared_operator.mask.cpu() if isinstance(self.shared_operator, Inpainting) else None
+        observed = None if self.shared_operator is None else self.shared_operator.observed()
+        self.mask = None if observed is None else observed.cpu()
         self.reconstructors: dict[bool, Reconstructor] = {}
 
     def restore(self, inputs: Sequence[InputOutcome], resume: bool | None = None) -> None:

@@ -83,6 +83,12 @@ class Operator(nn.Module):
         is applied to) instead of 0; operators that remove no pixel return themselves."""
         return self
 
+    def observed(self) -> Tensor | None:
+        """[1, 1, H, W] in image space: 1 where A keeps a pixel, 0 where it removes it (the
+        missing region is `1 - observed()`); None when A removes no pixel as such (it may still
+        blur or subsample every one) or cannot say which (a composition)."""
+        return None
+
     def __mul__(self, other: Operator) -> Composition:
         """`self * other`: apply `other` first, then `self` (function composition)."""
         if not isinstance(other, Operator):
@@ -212,6 +218,9 @@ class Inpainting(Operator):
         self.fill = float(fill)
         # How the mask was made (preset name, file, random seed and geometry), for reproduction.
         self.params = dict(params or {})
+
+    def observed(self) -> Tensor:
+        return self.mask
 
     def A(self, x: Tensor) -> Tensor:  # noqa: N802
         h, w = self.mask.shape[-2:]

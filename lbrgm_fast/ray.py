@@ -491,7 +491,7 @@ class Restorer:
             observation, gt = images[members], None if truth is None else truth[members]
             if self.options.degrade:
                 gt, observation = observation, operator(observation)
-            mask = operator.mask[0].cpu() if isinstance(operator, Inpainting) else None
+            mask = None if (observed := operator.observed()) is None else observed[0].cpu()
             if mask is not None:
                 observation = observation * mask
             result = self.worker.reconstructor(gt is not None).run(observation, operator, ground_truth=gt, seed=self.options.seed, restarts=self.options.restarts)

@@ -24,7 +24,7 @@ from lbrgm_fast.loop import AdamStep, optimise, start_latents
 from lbrgm_fast.methods import MethodSettings, method_settings, resolve_preset
 from lbrgm_fast.model import Generator
 from lbrgm_fast.objective import TERM_NAMES, Objective, to_255
-from lbrgm_fast.operators import Inpainting, Operator, SuperResolution, check_observation
+from lbrgm_fast.operators import Operator, SuperResolution, check_observation
 from lbrgm_fast.perceptual import VGG16Features
 from lbrgm_fast.priors import GaussianPrior
 from lbrgm_fast.progress import ProgressReport, Reports
@@ -433,8 +433,9 @@ class Reconstructor:
             with prof.phase("finalise"), torch.no_grad():
                 images = G.synthesis(state.best_w_plus, noise_mode=objective.noise_mode)
                 images = ((images.float() + 1) / 2).clamp(0, 1)
-            # Where restarts' agreement counts: the hole of an inpainting mask, else every pixel.
-            region = 1 - operator.mask if isinstance(operator, Inpainting) else torch.ones_like(images[:1, :1])
+            # Where restarts' agreement counts: the pixels A removes, else every pixel.
+            observed = operator.observed()
+            region = torch.ones_like(images[:1, :1]) if observed is None else 1 - observed
             return self._result(state, images, rule, initial_z, prof.report(since=started), restarts, keep_all=samples is not None,
                                 region=region)
 

@@ -340,3 +340,12 @@ def test_infer_factor() -> None:
         infer_factor((64, 32), 1024)
     with pytest.raises(ImageError, match="not smaller"):
         infer_factor(1024, 1024)
+
+
+def test_observed_is_the_inpainting_mask_and_none_where_no_pixel_is_removed() -> None:
+    # The one place that says which image pixels an operator removes (the missing region of
+    # eval's hole metrics, merged.png, restart agreement and the uncertainty map).
+    eyes = Inpainting.from_preset("eyes", 32)
+    assert eyes.observed() is eyes.mask and eyes.observed().shape == (1, 1, 32, 32)
+    assert SuperResolution(4).observed() is None and Identity().observed() is None
+    assert (SuperResolution(2) * eyes).observed() is None  # a composition does not say
