@@ -260,7 +260,7 @@ def run(
     candidates: Annotated[int, typer.Option(help="N1: random z scored for the start.", rich_help_panel=METHOD)] = 100,
     seed: Annotated[int, typer.Option(help="Seed for the candidates and the held-out pixels.", rich_help_panel=METHOD)] = 0,
     restarts: Annotated[int, typer.Option(help="Independent runs of each image (seeds seed … seed+N-1; BRGM: w_avg, then seeded perturbations of it), optimised together in one batch; the one the early-stopping score rates best is kept.", rich_help_panel=METHOD)] = 1,
-    samples: Annotated[Optional[int], typer.Option(help="K >= 2 restarts, all kept: sample-k.png, mean.png, and where they disagree, uncertainty.png / .npy (per-pixel std); restored.png is the best-scored one. Not with --restarts.", rich_help_panel=METHOD)] = None,
+    samples: Annotated[Optional[int], typer.Option(help="K >= 2 restarts, all kept: sample-k.png, mean.png and uncertainty.png / .npy (the per-pixel std: where the samples disagree); restored.png is the best-scored one. Not with --restarts.", rich_help_panel=METHOD)] = None,
     # -- early stopping
     early_stop: Annotated[str, typer.Option(help="auto (oracle with a ground truth, else objective) | oracle (LPIPS vs ground truth) | objective (lowest J) | holdout (held-out pixels) | none (last iterate).", rich_help_panel=EARLY_STOP)] = "auto",
     log_every: Annotated[int, typer.Option(help="Steps between progress updates and history entries.", rich_help_panel=EARLY_STOP)] = 10,
