@@ -92,6 +92,11 @@ class RunOptions:
     #: (`runtime.reproducibility`); otherwise the default promise.
     deterministic: bool = False
 
+    @property
+    def rows_per_input(self) -> int:
+        """Rows each input takes in a batch: its samples, or its restarts."""
+        return self.samples or self.restarts
+
 
 @dataclass
 class InputOutcome:
@@ -219,7 +224,6 @@ def input_metrics(
     ground_truth: torch.Tensor | None,
     mask: torch.Tensor | None,
     lpips: LpipsAlex | None,
-    restarts: int,
 ) -> dict[str, float | int | None]:
     """Sample `index`'s metrics (report.json's): its best step, kept restart and final loss
     terms, and with a ground truth [3, H, W] its PSNR (in the missing region too, for a mask
@@ -228,7 +232,7 @@ def input_metrics(
     history = result.history
     metrics: dict[str, float | int | None] = {
         "best_step": result.best_step[index],
-        **({"restart": result.restart[index]} if restarts > 1 else {}),
+        **({"restart": result.restart[index]} if len(result.restart_scores[index]) > 1 else {}),
         **{f"final_{k}": float(history[k][-1, index] if history[k].ndim == 2 else history[k][-1])
            for k in TERM_NAMES if k in history and len(history[k])},
     }
@@ -265,14 +269,13 @@ def write_outputs(
     if mask is not None:
         save_image(folder / "merged.png", mask * prepared.observation + (1 - mask) * restored)
     z = result.z[index].numpy() if result.z is not None else np.zeros(0, dtype=np.float32)
-    samples = {} if result.samples is None else write_samples(folder, result, index, mask)
-    save_npz(folder / "latents.npz", w_plus=result.w_plus[index].numpy(), z=z, step=np.int64(result.best_step[index]),
-             **samples.pop("latents", {}))
+    uncertainty, sample_latents = ({}, {}) if result.samples is None else write_samples(folder, result, index, mask)
+    save_npz(folder / "latents.npz", w_plus=result.w_plus[index].numpy(), z=z, step=np.int64(result.best_step[index]), **sample_latents)
     history = {k: v[:, index] if v.ndim == 2 else v for k, v in result.history.items()}
     if len(history["step"]):
         curves = {k: history[k] for k in (*TERM_NAMES, "score") if k in history and np.any(history[k] != 0)}
         plot_curves(history["step"], curves, folder / "curves.png")
-    metrics = input_metrics(result, index, prepared.ground_truth, mask, lpips, len(result.restart_scores[index]))
+    metrics = input_metrics(result, index, prepared.ground_truth, mask, lpips)
     prepared.outcome.metrics = metrics
     prepared.outcome.timings = result.timings
     report = {
@@ -287,7 +290,7 @@ def write_outputs(
         "metrics": metrics,
         "timings": result.timings,
         "restarts": {"count": len(result.restart_scores[index]), "kept": result.restart[index], "scores": result.restart_scores[index]},
-        **samples,
+        **uncertainty,
         "history": {k: np.asarray(v).tolist() for k, v in history.items()},
         "versions": versions(),
         **extra_report,
@@ -296,10 +299,10 @@ def write_outputs(
     (folder / STATE_FILE).unlink(missing_ok=True)
 
 
-def write_samples(folder: Path, result: ReconstructionResult, index: int, mask: torch.Tensor | None) -> dict:
+def write_samples(folder: Path, result: ReconstructionResult, index: int, mask: torch.Tensor | None) -> tuple[dict, dict]:
     """--samples: sample-k.png, mean.png, uncertainty.png (the per-pixel std as a colour map with
     a scale bar) and uncertainty.npy (its values [H, W], float32, [0, 1] units). Returns the
-    report's "uncertainty" entry and, under "latents", every sample's arrays for latents.npz."""
+    report's "uncertainty" entry and every sample's arrays for latents.npz."""
     assert result.samples is not None and result.std is not None and result.sample_w_plus is not None
     samples, std = result.samples[index], result.std[index]  # [K, 3, H, W], [H, W]
     for k, sample in enumerate(samples):
@@ -321,8 +324,7 @@ def write_samples(folder: Path, result: ReconstructionResult, index: int, mask: 
                           "root mean of the channels' variances, images in [0, 1]; missing region: the mask's hole, "
                           "or the whole image without a mask",
         },
-        "latents": latents,
-    }
+    }, latents
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,9 +374,11 @@ def check_options(options: RunOptions) -> None:
         raise UserError(f"--ground-truth {options.ground_truth}: no such file or folder")
     for flag, value, least in (("--steps", options.steps, 0), ("--candidates", options.candidates, 1),
                                ("--log-every", options.log_every, 1), ("--track-every", options.track_every, 1), ("--frames", options.frames, 0),
-                               ("--restarts", options.restarts, 1), ("--samples", 2 if options.samples is None else options.samples, 2)):
+                               ("--restarts", options.restarts, 1)):
         if value < least:
             raise UserError(f"{flag} must be >= {least}, got {value}")
+    if options.samples is not None and options.samples < 2:
+        raise UserError(f"--samples must be >= 2, got {options.samples}")
     if options.samples is not None and options.restarts != 1:
         raise UserError("--samples K runs K restarts and keeps them all: give --samples or --restarts, not both")
     resolve_preset(options.method, options.preset)
@@ -452,7 +456,7 @@ class JobWorker:
                     if resume:
                         item.saved_state = _load_state(outcome.folder / STATE_FILE)
                         saved_rows = None if item.saved_state is None else item.saved_state.w_plus.shape[0]
-                        if saved_rows not in (None, options.samples or options.restarts):
+                        if saved_rows not in (None, options.rows_per_input):
                             raise UserError(f"{outcome.folder} was interrupted with {saved_rows} restarts or samples; "
                                             "resume it with the same --restarts / --samples (or use --overwrite)")
                     prepared.append(item)
@@ -551,7 +555,7 @@ def _run_batch(
         resume = ReconstructionState.stack([p.saved_state for p in batch])  # type: ignore[misc]
         reporter.note(f"resuming {', '.join(p.outcome.name for p in batch)} at step {resume.step}")
 
-    restarts = options.samples or options.restarts  # the run's rows: input i's restarts are rows i*R ... i*R + R-1
+    restarts = options.rows_per_input  # input i's restarts are rows i*R ... i*R + R-1
 
     def save_states(state: ReconstructionState) -> None:
         for i, f in enumerate(folders):

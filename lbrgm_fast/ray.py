@@ -368,8 +368,9 @@ def _drive(actors: list, queue: deque[_Batch], outcomes: list[InputOutcome], pro
                 if batch is not None:
                     if isinstance(exc, ActorUnavailableError):
                         # Unreachable, not known dead: its process may still be writing this
-                        # batch's folders. Stop it (Ray restarts it) before another worker
-                        # takes the batch, so no two processes write one input.
+                        # batch's folders. Ask Ray to stop it (and restart it) before another
+                        # worker takes the batch; a node cut off may still finish a write, but
+                        # every file is written atomically, so a folder is never half-written.
                         ray.kill(actors[worker], no_restart=False)
                     _retry(batch, exc, outcomes, queue, options, finish)
                     probe(worker)  # is Ray restarting it?
@@ -497,7 +498,7 @@ class Restorer:
             result = self.worker.reconstructor(gt is not None).run(observation, operator, ground_truth=gt, seed=self.options.seed, restarts=self.options.restarts)
             for k, r in enumerate(members):
                 restored[r] = result.images[k]
-                metrics[r] = input_metrics(result, k, None if gt is None else gt[k], mask, self.worker.models.monitor, self.options.restarts)
+                metrics[r] = input_metrics(result, k, None if gt is None else gt[k], mask, self.worker.models.monitor)
         out = dict(batch)
         out["restored"] = (restored.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
         for name in dict.fromkeys(k for m in metrics for k in m):
