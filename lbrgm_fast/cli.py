@@ -359,17 +359,20 @@ def eval_command(
     from lbrgm_fast import evaluate as ev
     from lbrgm_fast.loading import load_models
     from lbrgm_fast.runtime import resolve_device
-    from lbrgm_fast.runtime.step import auto_step_options
+    from lbrgm_fast.runtime.step import auto_step_options, emulation_note
 
     with user_errors():
         if (checkpoint is None) == (engine is None) or (images is None) == (in_range is None):
             raise UserError("give one of --checkpoint / --engine and one of --images / --in-range")
         if steps < 0 or candidates < 1 or batch_size < 1:
             raise UserError(f"--steps must be >= 0, --candidates and --batch-size >= 1; got {steps}, {candidates}, {batch_size}")
-        if methods is not None:
-            ev.check_methods(_names(methods))  # before the models load: a typo costs no download
+        # Names first, before the models load: a typo costs no download.
+        protocol_methods = ev.protocol_named(protocol).methods
+        ev.check_methods(protocol_methods if methods is None else _names(methods))  # type: ignore[arg-type]
         torch_device = resolve_device(device)
         step_options = auto_step_options(torch_device, steps=steps, compile=compile, precision=precision)  # type: ignore[arg-type]
+        if (note := emulation_note(step_options, torch_device)) is not None:
+            stderr.print(escape(note), highlight=False)
         models = load_models(checkpoint or engine, torch_device, vgg16=vgg16, alexnet=alexnet, monitor="required")  # type: ignore[arg-type]
         resolution = models.generator.img_resolution
         task_list, method_list = ev.resolve_grid(protocol, _names(tasks), _names(methods), resolution)

@@ -104,9 +104,7 @@ def task_operator(task: str, resolution: int) -> Operator:
 def resolve_grid(protocol: str, tasks: Sequence[str] | None, methods: Sequence[str] | None, resolution: int) -> tuple[list[str], list[str]]:
     """The tasks and methods to run: the protocol's unless given; UserError for unknown names
     or a paper protocol on a generator of another resolution."""
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    p = PROTOCOLS[protocol]
+    p = protocol_named(protocol)
     if p.resolution is not None and p.resolution != resolution:
         raise UserError(f"protocol {protocol} is for {p.resolution} px generators; this one makes {resolution} px images (use --protocol quick or --tasks)")
     tasks, methods = list(tasks or p.tasks), check_methods(methods or p.methods)
@@ -115,6 +113,13 @@ def resolve_grid(protocol: str, tasks: Sequence[str] | None, methods: Sequence[s
     if not tasks:
         raise UserError("give at least one task")
     return tasks, methods
+
+
+def protocol_named(name: str) -> Protocol:
+    """The protocol `name` (UserError for an unknown one); needs no model, like `check_methods`."""
+    if name not in PROTOCOLS:
+        raise UserError(f"unknown protocol {name!r}; choose one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:

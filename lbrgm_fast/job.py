@@ -32,9 +32,8 @@ from lbrgm_fast.progress import ProgressReport
 from lbrgm_fast.reconstruct import ReconstructionResult, Reconstructor
 from lbrgm_fast.runtime import Profiler, resolve_device
 from lbrgm_fast.runtime import reproducibility
-from lbrgm_fast.runtime.devices import cpu_features
 from lbrgm_fast.runtime.host_memory import retained_host_memory
-from lbrgm_fast.runtime.step import StepOptions, auto_step_options, default_precision
+from lbrgm_fast.runtime.step import StepOptions, auto_step_options, default_precision, emulation_note
 from lbrgm_fast.state import ReconstructionState
 
 Task = Literal["inpaint", "superres", "project"]
@@ -395,10 +394,8 @@ def step_options_for(options: RunOptions, device: torch.device, reporter: Report
         device, steps=options.steps, compile=options.compile, precision=options.precision, cuda_graphs=options.cuda_graphs,  # type: ignore[arg-type]
         memory_budget=options.memory_budget,
     )
-    emulated = step_options.precision == "fp16" or (step_options.precision == "bf16" and not cpu_features().native_bf16)
-    if device.type == "cpu" and emulated:
-        reporter.note(f"--precision {step_options.precision} on this CPU: without native {step_options.precision} instructions "
-                      f"torch emulates it, many times slower than fp32 ({default_precision(device)[1]})")
+    if (note := emulation_note(step_options, device)) is not None:
+        reporter.note(note)
     if options.profile is not None and options.steps <= step_options.warmup_calls:
         reporter.note(f"--profile records steps after the first {step_options.warmup_calls} (compilation); "
                       f"a run of {options.steps} steps writes no trace")

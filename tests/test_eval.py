@@ -194,6 +194,8 @@ def test_cli_eval_one_line_per_bad_image_and_exit_2(tiny32: Generator, nets, tmp
     monkeypatch.setattr("lbrgm_fast.loading.load_models", lambda *a, **k: pytest.fail("loaded models for a bad --methods"))
     bad = CliRunner().invoke(app, ["eval", "--checkpoint", "x.pkl", "--in-range", "2", "--methods", "brgm:authors", "--out", str(tmp_path / "o")])
     assert bad.exit_code == 2 and "unknown preset 'authors' for method brgm" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(app, ["eval", "--checkpoint", "x.pkl", "--in-range", "2", "--protocol", "paper", "--out", str(tmp_path / "o")])
+    assert bad.exit_code == 2 and "unknown protocol 'paper'; choose one of paper1024, paper256, quick" in bad.output and "Traceback" not in bad.output
     bad = CliRunner().invoke(app, ["eval", "--checkpoint", "x.pkl", "--in-range", "2", "--precision", "fp8", "--out", str(tmp_path / "o")])
     assert bad.exit_code == 2 and "unknown precision 'fp8'" in bad.output and "Traceback" not in bad.output
 

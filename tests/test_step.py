@@ -49,6 +49,7 @@ from lbrgm_fast.runtime.step import (
     StepProfile,
     auto_step_options,
     default_precision,
+    emulation_note,
     load_optimizer_state,
     low_precision_blocks,
     make_optimizer,
@@ -720,3 +721,12 @@ def test_cuda_fast_loop_matches_eager_fp32(name: str) -> None:
     rel = ((terms[0] - ref_terms[0]).abs() / ref_terms[0]).max()
     assert rel < 0.05, f"loss differs by {rel:.2%}"
     assert psnr(images, ref_images, value_range(ref_images)).min() > 30
+
+
+def test_emulation_note_warns_of_precisions_the_cpu_emulates() -> None:
+    # One warning for `run` and `eval` alike: fp16 is emulated on every CPU, bf16 where the CPU
+    # lacks avx512_bf16 / AMX; never on CUDA, never for fp32.
+    assert "torch emulates it" in emulation_note(StepOptions(precision="fp16"), "cpu")
+    assert emulation_note(StepOptions(precision="fp32"), "cpu") is None
+    assert emulation_note(StepOptions(precision="fp16"), "cuda") is None
+    assert (emulation_note(StepOptions(precision="bf16"), "cpu") is None) == cpu_features().native_bf16

@@ -128,6 +128,17 @@ def default_precision(device: torch.device | str) -> tuple[Precision, str]:
     return "fp32", f"fp32: this CPU ({cpu.capability}) has no avx512_bf16 or AMX, so bf16 would be emulated"
 
 
+def emulation_note(options: StepOptions, device: torch.device | str) -> str | None:
+    """A warning when `options` ask for a precision this CPU only emulates (many times slower
+    than fp32: fp16 anywhere on the CPU, bf16 without avx512_bf16 or AMX); None otherwise."""
+    if torch.device(device).type != "cpu":
+        return None
+    if options.precision == "fp16" or (options.precision == "bf16" and not cpu_features().native_bf16):
+        return (f"--precision {options.precision} on this CPU: without native {options.precision} instructions "
+                f"torch emulates it, many times slower than fp32 ({default_precision(device)[1]})")
+    return None
+
+
 def auto_step_options(
     device: torch.device | str,
     *,
