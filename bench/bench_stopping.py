@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference import nvidia_generator  # noqa: E402 - the fixtures' loader
 
 from lbrgm_fast.bench import machine_description  # noqa: E402
+from lbrgm_fast.early_stopping import agreement_scores  # noqa: E402
 from lbrgm_fast.evaluate import in_range_targets, task_operator  # noqa: E402
 from lbrgm_fast.methods import method_settings  # noqa: E402
 from lbrgm_fast.metrics import masked_mean, psnr_from_mse  # noqa: E402
@@ -145,8 +146,8 @@ def measure(name: str, task: str, args: argparse.Namespace, vgg: VGG16Features, 
     final = last["images"].reshape(len(targets), R, *last["images"].shape[1:])  # [targets, R, 3, H, W]
     total = plain.history["total"][-1].reshape(len(targets), R)
     mean = final.mean(dim=1, keepdim=True)
-    spread = ((final - mean).square() * missing).flatten(2).sum(dim=2)  # [targets, R]
-    group = {"runs: lowest J": total.argmin(axis=1), "runs: medoid": spread.argmin(dim=1).numpy()}
+    agreement = agreement_scores(last["images"], missing, R).reshape(len(targets), R)  # the rule `run` ships
+    group = {"runs: lowest J": total.argmin(axis=1), "runs: medoid": agreement.argmin(dim=1).numpy()}
     last_psnr, last_lpips = curves["psnr"][-1].reshape(len(targets), R), curves["lpips"][-1].reshape(len(targets), R)
     for rule, chosen in group.items():
         idx = np.arange(len(targets))
