@@ -14,11 +14,16 @@ time_to_quality.json and figures to --out, and prints the wall time.
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from lbrgm_fast import evaluate as ev
+from lbrgm_fast.bench import machine_description
 from lbrgm_fast.checkpoints import load_generator
 from lbrgm_fast.model import Generator
 from lbrgm_fast.perceptual import LpipsAlex, VGG16Features
@@ -63,7 +68,12 @@ def main() -> None:
                        on_note=print)
     _, curves = ev.write_results(rows, args.out)
     ev.write_figures(rows, targets, args.out, curves)
-    print(f"wall {time.perf_counter() - started:.1f} s for {len(rows)} cells")
+    wall = time.perf_counter() - started
+    # The figures name no machine: say which one measured them, beside them.
+    (args.out / "machine.md").write_text(f"- {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {machine_description(torch.device('cpu'))}; "
+                                         f"load average {os.getloadavg()[0]:.1f}; `python bench/bench_eval.py {' '.join(sys.argv[1:])}`; "
+                                         f"wall {wall:.1f} s for {len(rows)} cells\n")
+    print(f"wall {wall:.1f} s for {len(rows)} cells")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -43,6 +42,9 @@ def main() -> None:
     import ray
     from PIL import Image
 
+    import torch
+
+    from lbrgm_fast.bench import machine_description
     from lbrgm_fast.build import build_plan
     from lbrgm_fast.job import RunOptions
     from lbrgm_fast.ray import SilentJobReporter, init_ray, run_ray_job
@@ -61,8 +63,8 @@ def main() -> None:
             def update(self, progress) -> None:  # noqa: ANN001
                 self.progress = progress
 
-        print(f"# bench_ray {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, python {sys.version.split()[0]}, ray {ray.__version__}")
+        print(f"# bench_ray {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine_description(torch.device('cpu'))}, "
+              f"load {os.getloadavg()[0]:.1f}, python {sys.version.split()[0]}, ray {ray.__version__}")
         print(f"# tiny32, {args.images} images, {args.steps} steps, batch size {args.batch_size}, a cluster of {args.cpus} CPUs\n")
         print("| workers | threads per worker | wall s | images/h (wall) | images/h (steady) | batches | worker s/batch | Ray ms/batch | Ray share |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
