@@ -541,8 +541,11 @@ def _as_float(images: np.ndarray, column: str) -> torch.Tensor:
     array = np.asarray(images)
     if array.ndim != 4 or array.shape[-1] != 3:
         raise ImageError(f"column {column!r} must hold [B, H, W, 3] RGB images, got {list(array.shape)}")
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float()
-    return (tensor / 255 if array.dtype == np.uint8 else tensor).contiguous()
+    # One float32 copy in numpy: Ray Data hands read-only (zero-copy) arrays, which torch would
+    # wrap with a warning; the copy is made by the conversion to float anyway.
+    values = array.astype(np.float32)
+    tensor = torch.from_numpy(values / 255 if array.dtype == np.uint8 else values).permute(0, 3, 1, 2)
+    return tensor.contiguous()
 
 
 __all__ = ["MAX_ATTEMPTS", "JobReporter", "Restorer", "SilentJobReporter", "run_ray_job"]
